@@ -1,7 +1,7 @@
 """Data stage: instance pools + labelling rules -> bags with ground-truth evidence."""
 
 from attnsets.data import pools, rules  # noqa: F401  (registers built-ins)
-from attnsets.data.bags import Bag, Batch, BagSplit, collate, iterate_batches
+from attnsets.data.bags import Bag, BagSplit, Batch, collate, iterate_batches
 from attnsets.data.generate import SetDataset, make_dataset
 from attnsets.data.io import load_dataset, save_dataset
 from attnsets.data.pools import POOLS, InstancePool

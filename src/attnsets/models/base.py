@@ -1,0 +1,131 @@
+"""Set models = instance encoder + pooling block, with one output contract for every model.
+
+Every model maps ``x: (B, N, *instance_shape)`` and ``mask: (B, N) bool`` (True = real instance)
+to a SetOutput. Padded positions get exactly zero attention and cannot change any output.
+Models must stay `torch.func.vmap`-compatible (no in-place ops on inputs, no `.item()`,
+no data-dependent Python control flow) so ensembles can train in one vectorised pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from attnsets.errors import SpecError
+from attnsets.registry import Registry
+
+ENCODERS: Registry[Any] = Registry("encoder")
+POOLINGS: Registry[Any] = Registry("pooling")
+
+#: The encoder used for each pool kind when the spec does not name one.
+DEFAULT_ENCODER = {"vector": "mlp", "image": "cnn", "sequence": "seq_cnn"}
+
+
+class SetOutput(NamedTuple):
+    """logits: (B, C). attention: (B, N), mean over heads, 0 at padding (None if the pooling has
+    none). head_attention: (B, H, N). attention_norm: (B, N) attention x norm of the transformed
+    instance (Kobayashi et al. 2020). instance_scores: (B, N, C) per-instance class contributions
+    (additive / instance_max). layer_attention: per layer (B, H, T, T) token-to-token attention
+    for rollout (transformer poolings; token 0 is the class token where there is one)."""
+
+    logits: torch.Tensor
+    attention: torch.Tensor | None = None
+    head_attention: torch.Tensor | None = None
+    attention_norm: torch.Tensor | None = None
+    instance_scores: torch.Tensor | None = None
+    layer_attention: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    """What an encoder needs to know about the data."""
+
+    kind: str  # "vector" | "image" | "sequence"
+    instance_shape: tuple[int, ...]
+    n_classes: int
+    vocab_size: int = 0
+
+    @staticmethod
+    def from_dataset(dataset: Any) -> InputInfo:
+        return InputInfo(dataset.kind, tuple(dataset.instance_shape), dataset.n_classes,
+                         dataset.vocab_size)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """pooling / encoder: registered names; *_params: their parameters. encoder=None picks the
+    default for the data kind. embed_dim: width of the instance embedding h: (B, N, embed_dim)."""
+
+    pooling: str = "attention"
+    encoder: str | None = None
+    embed_dim: int = 64
+    pooling_params: dict[str, Any] = field(default_factory=dict)
+    encoder_params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.embed_dim, int) or self.embed_dim < 1:
+            raise SpecError("embed_dim", self.embed_dim, "an integer >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pooling": self.pooling, "encoder": self.encoder, "embed_dim": self.embed_dim,
+                "pooling_params": dict(self.pooling_params),
+                "encoder_params": dict(self.encoder_params)}
+
+
+class SetModel(nn.Module):
+    """encoder: (B, N, *shape) -> (B, N, D); pooling: (h, mask) -> SetOutput."""
+
+    def __init__(self, encoder: nn.Module, pooling: nn.Module, spec: ModelSpec | None = None,
+                 info: InputInfo | None = None) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.pooling = pooling
+        self.spec = spec
+        self.info = info
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, N, *shape) -> h: (B, N, D); each instance encoded independently."""
+        batch, n = x.shape[:2]
+        h = self.encoder(x.reshape(batch * n, *x.shape[2:]))
+        return h.reshape(batch, n, -1)
+
+    def head(self, h: torch.Tensor, mask: torch.Tensor) -> SetOutput:
+        """h: (B, N, D), mask: (B, N) bool -> SetOutput."""
+        return self.pooling(h, mask)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> SetOutput:
+        return self.head(self.encode(x), mask)
+
+
+def build_model(spec: ModelSpec, info: InputInfo, seed: int | None = None) -> SetModel:
+    """Instantiate encoder + pooling; `seed` makes the initial weights reproducible."""
+    encoder_name = spec.encoder or DEFAULT_ENCODER.get(info.kind)
+    if encoder_name is None:
+        raise SpecError("model.encoder", None, f"an encoder name for data kind {info.kind!r}")
+    encoder_cls = ENCODERS.get(encoder_name, "model.encoder")
+    pooling_cls = POOLINGS.get(spec.pooling, "model.pooling")
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        try:
+            encoder = encoder_cls(info=info, out_dim=spec.embed_dim, **spec.encoder_params)
+        except TypeError as err:
+            raise SpecError("model.encoder_params", spec.encoder_params, str(err)) from None
+        try:
+            pooling = pooling_cls(in_dim=spec.embed_dim, n_classes=info.n_classes,
+                                  **spec.pooling_params)
+        except TypeError as err:
+            raise SpecError("model.pooling_params", spec.pooling_params, str(err)) from None
+    return SetModel(encoder, pooling, spec, info)
+
+
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Softmax over real instances only; padded positions get exactly 0.
+    scores: (..., N), mask broadcastable to scores."""
+    scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=dim)
+    # A row with no real instance would be NaN; make it 0 instead.
+    return torch.where(mask, weights, torch.zeros_like(weights))
