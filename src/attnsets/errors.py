@@ -20,7 +20,8 @@ class SpecError(ValueError):
 
     def with_prefix(self, prefix: str) -> SpecError:
         """The same error with its field nested under `prefix` (e.g. ``pool`` + ``dim``)."""
-        return SpecError(f"{prefix}.{self.field}" if prefix else self.field, self.value, self.allowed)
+        field = f"{prefix}.{self.field}" if prefix else self.field
+        return SpecError(field, self.value, self.allowed)
 
 
 class SpecErrors(ValueError):

@@ -1,4 +1,4 @@
-"""Name -> factory registries, so users can add datasets, models and explainers without editing ours."""
+"""Name -> factory registries: users add datasets, models and explainers without editing ours."""
 
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ class Registry(Generic[T]):
             raise SpecError(field or self.kind, name, f"one of {sorted(self._items)}")
         return self._items[name]
 
-    def build(self, name: str, params: dict[str, Any] | None = None, field: str | None = None) -> Any:
+    def build(self, name: str, params: dict[str, Any] | None = None,
+              field: str | None = None) -> Any:
         """Instantiate `name` with `params`, turning bad parameters into a SpecError."""
         field = field or self.kind
         factory: Any = self.get(name, f"{field}.name")
@@ -57,7 +58,7 @@ class Registry(Generic[T]):
 
 
 def build_dataclass(factory: Any, params: dict[str, Any], field: str) -> Any:
-    """Call a dataclass factory with `params`; unknown names and validation errors name `field.param`."""
+    """Call a dataclass factory; bad names or values raise SpecError at `field.param`."""
     if dataclasses.is_dataclass(factory):
         allowed = [f.name for f in dataclasses.fields(factory) if f.init]
         unknown = sorted(set(params) - set(allowed))

@@ -82,8 +82,9 @@ class BagSplit:
         sizes = self.sizes[idx]
         rows = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in idx]) \
             if len(idx) else np.zeros(0, dtype=np.int64)
-        return BagSplit(self.instances[rows], np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
-                        self.labels[idx], self.concepts[rows], self.evidence[rows])
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        return BagSplit(self.instances[rows], offsets, self.labels[idx], self.concepts[rows],
+                        self.evidence[rows])
 
     @staticmethod
     def from_bags(bags: Sequence[Bag]) -> BagSplit:

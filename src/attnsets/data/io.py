@@ -83,7 +83,8 @@ def load_dataset(path: str | Path) -> SetDataset:
         raise DataFormatError(f"{path}: not an attnsets dataset (no '{FORMAT_NAME}' marker)")
     version = int(arrays.get("format_version", -1))
     if version != FORMAT_VERSION:
-        raise DataFormatError(f"{path}: format version {version}; this attnsets reads {FORMAT_VERSION}")
+        raise DataFormatError(
+            f"{path}: format version {version}; this attnsets reads version {FORMAT_VERSION}")
     missing = [f"{s}.{f}" for s in SPLITS for f in FIELDS if f"{s}.{f}" not in arrays]
     if missing:
         raise DataFormatError(f"{path}: damaged, missing arrays {missing}")

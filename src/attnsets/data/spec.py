@@ -219,7 +219,10 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise SpecError("config", str(path), "an existing .toml, .yaml or .yml file")
     text = path.read_text()
     if path.suffix == ".toml":
-        import tomllib  # type: ignore[import-not-found,unused-ignore]
+        try:
+            import tomllib  # type: ignore[import-not-found,unused-ignore]
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib  # type: ignore[no-redef,import-not-found,unused-ignore]
 
         try:
             return tomllib.loads(text)

@@ -54,7 +54,8 @@ def check_concepts(field: str, values: list[int], n_concepts: int) -> list[SpecE
     return []
 
 
-def background(n: int, excluded: list[int], n_concepts: int, rng: np.random.Generator) -> np.ndarray:
+def background(n: int, excluded: list[int], n_concepts: int,
+               rng: np.random.Generator) -> np.ndarray:
     """(n,) concept ids drawn uniformly from the concepts not in `excluded`."""
     allowed = np.setdiff1d(np.arange(n_concepts), np.asarray(excluded, dtype=np.int64))
     if n and len(allowed) == 0:
