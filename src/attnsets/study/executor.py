@@ -1,0 +1,91 @@
+"""Run cells in-process, in local worker processes, or on a Ray cluster. Workers only compute;
+each finished CellRecord goes back to the driver, which alone writes the store."""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import multiprocessing
+import os
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from attnsets.errors import SpecError
+from attnsets.study.store import CellRecord
+
+EXECUTORS = ("local", "ray")
+CellFn = Callable[[Any], CellRecord]
+
+
+def failed_record(cell: Any, error: BaseException, started: float) -> CellRecord:
+    """A record saying the cell failed, with the error and its traceback."""
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    return CellRecord(cell_id=cell.cell_id, study=cell.study, status="failed", spec=cell.to_dict(),
+                      error=f"{type(error).__name__}: {error}\n{text}", seeds=list(cell.seeds),
+                      config_hash=cell.config_hash, started=started, finished=time.time())
+
+
+def guarded(run_cell: CellFn, cell: Any, threads: int) -> CellRecord:
+    """Run one cell; any exception (bad data, NaN loss, a user plugin) becomes a failed record."""
+    import torch
+
+    torch.set_num_threads(threads)
+    started = time.time()
+    try:
+        return run_cell(cell)
+    except Exception as error:  # noqa: BLE001 - a failing cell must not stop the study
+        return failed_record(cell, error, started)
+
+
+def run_cells(cells: Sequence[Any], run_cell: CellFn, *, workers: int = 1,
+              executor: str = "local", address: str | None = None) -> Iterator[CellRecord]:
+    """Yield one record per cell, in completion order."""
+    if executor not in EXECUTORS:
+        raise SpecError("executor", executor, f"one of {list(EXECUTORS)}")
+    if not isinstance(workers, int) or workers < 1:
+        raise SpecError("workers", workers, "an integer >= 1")
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    if executor == "ray":
+        yield from _run_ray(cells, run_cell, workers, threads, address)
+    elif workers == 1:
+        for cell in cells:
+            yield guarded(run_cell, cell, threads)
+    else:
+        context = multiprocessing.get_context("spawn")  # fork + torch threads can deadlock
+        with futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            pending = {pool.submit(guarded, run_cell, cell, threads): cell for cell in cells}
+            for future in futures.as_completed(pending):
+                try:
+                    yield future.result()
+                except Exception as error:  # noqa: BLE001 - e.g. a worker killed by the OS
+                    yield failed_record(pending[future], error, time.time())
+
+
+def _run_ray(cells: Sequence[Any], run_cell: CellFn, workers: int, threads: int,
+             address: str | None) -> Iterator[CellRecord]:
+    try:
+        import ray
+    except ModuleNotFoundError:
+        raise SpecError("executor", "ray",
+                        "'local', or install the extra: pip install 'attnsets[ray]'") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    remote = ray.remote(num_cpus=1)(guarded)
+    try:
+        pending = {remote.remote(run_cell, cell, threads): cell for cell in cells}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                cell = pending.pop(ref)
+                try:
+                    yield ray.get(ref)
+                except Exception as error:  # noqa: BLE001 - a lost worker or node
+                    yield failed_record(cell, error, time.time())
+    finally:
+        if started_here:
+            ray.shutdown()
