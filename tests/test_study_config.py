@@ -1,0 +1,106 @@
+"""Study configs: validation reports every problem with its path before anything runs."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from attnsets.errors import SpecErrors
+from attnsets.study.config import Cell, expand_grid, load_study, study_cells, validate_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def minimal() -> dict[str, Any]:
+    return {
+        "study": {"name": "t", "seeds": [0, 1], "members": 3, "explainers": ["attention"]},
+        "training": {"epochs": 2},
+        "datasets": [{"name": "g", "pool": {"name": "gaussian", "dim": 4},
+                      "rule": {"name": "presence", "key": 1},
+                      "bags": {"train": 20, "val": 10, "test": 10}}],
+        "models": [{"name": "att", "pooling": "attention", "embed_dim": 8}],
+    }
+
+
+def test_shipped_configs_validate() -> None:
+    for name in ("demo.toml",):
+        config = load_study(ROOT / "configs" / name)
+        assert study_cells(config)
+
+
+def test_cells_are_the_product_and_ids_are_stable() -> None:
+    raw = minimal()
+    raw["models"].append({"name": "mean", "pooling": "mean", "embed_dim": 8})
+    cells = study_cells(validate_config(raw))
+    assert len(cells) == 1 * 2 * 2
+    assert len({c.cell_id for c in cells}) == 4
+    assert [c.cell_id for c in study_cells(validate_config(copy.deepcopy(raw)))] == \
+        [c.cell_id for c in cells]
+    assert Cell.from_dict(cells[0].to_dict()) == cells[0]
+    assert cells[0].dataset["seed"] == cells[0].replicate
+    assert set(cells[0].seeds).isdisjoint(cells[1].seeds)
+
+
+def test_grid_expands_over_every_dataset_and_training() -> None:
+    raw = minimal()
+    raw["grid"] = {"datasets.bag_size.mean": [5, 20], "training.lr": [0.01, 0.001]}
+    cells = study_cells(validate_config(raw))
+    assert len(cells) == 4 * 2
+    assert {(c.dataset["bag_size"]["mean"], c.training["lr"]) for c in cells} == \
+        {(5, 0.01), (5, 0.001), (20, 0.01), (20, 0.001)}
+    assert len(expand_grid(raw, raw["grid"])) == 4
+
+
+def _edit(path: str, value: Any) -> dict[str, Any]:
+    raw = minimal()
+    target: Any = raw
+    keys = path.split(".")
+    for key in keys[:-1]:
+        target = target[int(key)] if isinstance(target, list) else target[key]
+    if value is KeyError:
+        del target[keys[-1]]
+    else:
+        target[keys[-1]] = value
+    return raw
+
+
+BAD = [
+    ("study.members", 0, "study.members"),
+    ("study.name", KeyError, "study.name"),
+    ("study.colour", "red", "study.colour"),
+    ("study.explainers", ["attention", "telepathy"], "study.explainers[1]"),
+    ("study.ensemble_sizes", [1, 7], "study.ensemble_sizes[1]"),
+    ("training.lr", -1.0, "training.lr"),
+    ("training.epoch", 3, "training.epoch"),
+    ("thresholds", {"min_bag_score": 1.5}, "thresholds.min_bag_score"),
+    ("datasets.0.pool", {"name": "hologram"}, "datasets[0].pool.name"),
+    ("datasets.0.rule", {"name": "presence", "key": 99}, "datasets[0].rule.key"),
+    ("datasets.0.bags", {"train": -3, "val": 1, "test": 1}, "datasets[0].bags.train"),
+    ("datasets.0.witnesses", {"rate": 1.5}, "datasets[0].witnesses.rate"),
+    ("models.0.pooling", "averaging", "models[0].pooling"),
+    ("models.0.pooling_params", {"nonsense": 1}, "models[0].pooling_params.nonsense"),
+    ("models.0.embed_dim", 0, "models[0].embed_dim"),
+    ("models", [], "models"),
+    ("grid", {"nowhere.x": [1]}, "grid.nowhere.x"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "field"), BAD, ids=[b[2] for b in BAD])
+def test_bad_config_names_its_path(path: str, value: Any, field: str) -> None:
+    with pytest.raises(SpecErrors) as info:
+        validate_config(_edit(path, value))
+    fields = [e.field for e in info.value.errors]
+    assert field in fields, fields
+
+
+def test_all_problems_reported_at_once() -> None:
+    raw = _edit("training.lr", -1.0)
+    raw["models"][0]["pooling"] = "averaging"
+    raw["datasets"][0]["rule"]["key"] = 99
+    with pytest.raises(SpecErrors) as info:
+        validate_config(raw)
+    assert {"training.lr", "models[0].pooling", "datasets[0].rule.key"} <= \
+        {e.field for e in info.value.errors}
