@@ -9,7 +9,7 @@ import numpy as np
 
 from attnsets.data.bags import BagSplit
 from attnsets.data.pools.base import POOLS, InstancePool
-from attnsets.data.rules.base import RULES, LabelRule
+from attnsets.data.rules.base import RULES, LabelRule, qualify_rule_error
 from attnsets.data.spec import SPLITS, ComponentSpec, DatasetSpec, SizeSpec, WitnessSpec
 from attnsets.errors import SpecError, SpecErrors
 
@@ -56,16 +56,20 @@ def check_components(pool_spec: ComponentSpec, rule_spec: ComponentSpec, bag_siz
     rule: LabelRule | None = None
     try:
         pool = POOLS.build(pool_spec.name, pool_spec.params, "pool")
-        n_concepts = pool.n_concepts  # loads finite pools: missing files surface here
     except SpecError as err:
         errors.append(err)
-        pool = None
+    if pool is not None:
+        try:
+            n_concepts = pool.n_concepts  # loads finite pools: missing files surface here
+        except SpecError as err:
+            errors.append(err if err.field.startswith("pool.") else err.with_prefix("pool"))
+            pool = None
     try:
         rule = RULES.build(rule_spec.name, rule_spec.params, "rule")
     except SpecError as err:
         errors.append(err)
     if pool is not None and rule is not None:
-        errors.extend(e.with_prefix("rule") for e in
+        errors.extend(qualify_rule_error(e) for e in
                       rule.check(n_concepts, bag_size.smallest, witnesses))
     return errors
 
