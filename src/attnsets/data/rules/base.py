@@ -12,6 +12,9 @@ from attnsets.registry import Registry
 
 RULES: Registry[type[LabelRule]] = Registry("rule")
 
+#: Rule-check errors about these dataset-level tables are reported under their own name.
+DATASET_FIELDS: tuple[str, ...] = ("witnesses", "bag_size")
+
 
 class LabelRule(ABC):
     """A rule. Subclasses are dataclasses whose fields are their parameters.
@@ -25,7 +28,11 @@ class LabelRule(ABC):
 
     @abstractmethod
     def check(self, n_concepts: int, min_size: int, witnesses: WitnessSpec) -> list[SpecError]:
-        """Problems with this rule for a pool of `n_concepts` and bags of at least `min_size`."""
+        """Problems with this rule for a pool of `n_concepts` and bags of at least `min_size`.
+
+        Fields are relative to the rule (``key`` becomes ``rule.key``), except those starting with
+        one of DATASET_FIELDS (``witnesses.count``, ``bag_size``), which name the dataset's table.
+        """
 
     @abstractmethod
     def label(self, concepts: np.ndarray) -> int:
@@ -71,3 +78,61 @@ def as_id_list(field: str, value: int | list[int]) -> list[int]:
     if not all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in values):
         raise SpecError(field, value, "integer concept ids")
     return [int(v) for v in values]
+
+
+def qualify_rule_error(err: SpecError) -> SpecError:
+    """Nest a rule-check error under ``rule`` unless it names a dataset-level table."""
+    return err if err.field.split(".")[0] in DATASET_FIELDS else err.with_prefix("rule")
+
+
+def check_background(field: str, excluded: list[int], n_concepts: int) -> list[SpecError]:
+    """Error when `excluded` (concepts with a role) leaves no concept for filler instances."""
+    if len(set(excluded) & set(range(n_concepts))) >= n_concepts:
+        return [SpecError(field, excluded, f"concepts that leave at least one of the pool's "
+                                           f"{n_concepts} concepts as background")]
+    return []
+
+
+def check_room(witnesses: WitnessSpec, min_size: int, groups: int = 1,
+               reserved: int = 0) -> list[SpecError]:
+    """Errors when the smallest bag cannot hold `groups` witness groups of the minimum witness
+    count plus `reserved` other instances (counts above the room are clipped, never the minimum).
+    """
+    if groups * witnesses.smallest + reserved <= min_size:
+        return []
+    if witnesses.count is not None and groups + reserved <= min_size:
+        most = (min_size - reserved) // groups
+        return [SpecError("witnesses.count", list(witnesses.count),
+                          f"a minimum of at most {most} witness(es) per group: the smallest bag "
+                          f"({min_size}) holds {groups} group(s) + {reserved} other instance(s)")]
+    return [SpecError("bag_size", min_size,
+                      f"a smallest bag of at least {groups + reserved} instances ({groups} "
+                      f"witness group(s) + {reserved} other instance(s))")]
+
+
+def draw_counts(witnesses: WitnessSpec, groups: int, size: int, room: int,
+                rng: np.random.Generator) -> np.ndarray:
+    """(groups,) int64 witness counts from the WitnessSpec (rate relative to `size`), each
+    clipped to room // groups so that all groups fit in `room` instances (at least 1 each)."""
+    counts = np.array([witnesses.sample(size, rng) for _ in range(groups)], dtype=np.int64)
+    return np.clip(counts, 1, max(1, room // max(groups, 1)))
+
+
+def pick(ids: list[int], n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n,) int64 concept ids drawn uniformly from `ids`."""
+    return np.asarray(ids, dtype=np.int64)[rng.integers(0, len(ids), size=n)]
+
+
+def binary_evidence(support: np.ndarray) -> np.ndarray:
+    """(n, 2) int8 from (n,) support for class 1: class 0 gets the negation."""
+    support = support.astype(np.int8)
+    return np.stack([-support, support], axis=1)
+
+
+def distinct(field: str, *groups: list[int]) -> None:
+    """Raise a SpecError if any concept id appears twice within or across `groups`."""
+    seen: list[int] = [v for group in groups for v in group]
+    repeated = sorted({v for v in seen if seen.count(v) > 1})
+    if repeated:
+        raise SpecError(field, repeated[0] if len(repeated) == 1 else repeated,
+                        "distinct concept ids (each concept has one role)")

@@ -6,7 +6,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from attnsets.data.rules.base import RULES, LabelRule, as_id_list, background, check_concepts
+from attnsets.data.rules.base import (
+    RULES,
+    LabelRule,
+    as_id_list,
+    background,
+    binary_evidence,
+    check_background,
+    check_concepts,
+    check_room,
+    draw_counts,
+    pick,
+)
 from attnsets.data.spec import WitnessSpec
 from attnsets.errors import SpecError
 
@@ -16,6 +27,8 @@ from attnsets.errors import SpecError
 class Presence(LabelRule):
     """Positive iff the bag holds at least one instance of a `key` concept.
 
+    Positive bags hold w key instances (w from the WitnessSpec; each of a random key concept if
+    `key` is a list), negatives none; the rest is background (all other concepts, uniform).
     Evidence: key instances are +1 for class 1 and -1 for class 0; all others 0.
     """
 
@@ -25,17 +38,18 @@ class Presence(LabelRule):
         self.keys = as_id_list("key", self.key)
 
     def check(self, n_concepts: int, min_size: int, witnesses: WitnessSpec) -> list[SpecError]:
-        return check_concepts("key", self.keys, n_concepts)
+        errors = check_concepts("key", self.keys, n_concepts)
+        return errors + check_background("key", self.keys, n_concepts) \
+            + check_room(witnesses, min_size)
 
     def label(self, concepts: np.ndarray) -> int:
         return int(np.isin(concepts, self.keys).any())
 
     def evidence(self, concepts: np.ndarray) -> np.ndarray:
-        key = np.isin(concepts, self.keys).astype(np.int8)
-        return np.stack([-key, key], axis=1)
+        return binary_evidence(np.isin(concepts, self.keys))
 
     def sample_concepts(self, label: int, size: int, n_concepts: int, witnesses: WitnessSpec,
                         split: str, rng: np.random.Generator) -> np.ndarray:
-        n_key = witnesses.sample(size, rng) if label == 1 else 0
-        keys = np.asarray(self.keys)[rng.integers(0, len(self.keys), size=n_key)]
+        n_key = int(draw_counts(witnesses, 1, size, size, rng)[0]) if label == 1 else 0
+        keys = pick(self.keys, n_key, rng)
         return np.concatenate([keys, background(size - n_key, self.keys, n_concepts, rng)])
