@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +76,7 @@ def load_dataset(path: str | Path) -> SetDataset:
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as err:
+    except Exception as err:  # noqa: BLE001 - zlib, zipfile and npy parsers each raise their own types
         raise DataFormatError(f"{path}: not a readable attnsets dataset ({err})") from None
     if str(arrays.get("format", "")) != FORMAT_NAME:
         raise DataFormatError(f"{path}: not an attnsets dataset (no '{FORMAT_NAME}' marker)")

@@ -1,0 +1,154 @@
+"""Raff & Holt (NeurIPS 2023) algorithmic unit tests: datasets whose test split is shifted on
+purpose so that a model relying on a shortcut, not on the key concept, fails there."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from attnsets.data.rules.base import (
+    RULES,
+    LabelRule,
+    as_id_list,
+    background,
+    binary_evidence,
+    check_background,
+    check_concepts,
+    check_room,
+    distinct,
+    draw_counts,
+    pick,
+)
+from attnsets.data.spec import WitnessSpec
+from attnsets.errors import SpecError
+
+#: The split whose bags are shifted; train and val share the training distribution.
+SHIFTED_SPLIT = "test"
+
+
+def count_range(field: str, value: object, lowest: int) -> tuple[int, int]:
+    """Parse an int or a [low, high] pair with lowest <= low <= high."""
+    pair = [value, value] if isinstance(value, int | np.integer) else value
+    if not isinstance(pair, list | tuple) or len(pair) != 2 or not all(
+            isinstance(v, int | np.integer) and not isinstance(v, bool) for v in pair):
+        raise SpecError(field, value, "an integer or [low, high] integers")
+    low, high = int(pair[0]), int(pair[1])
+    if not lowest <= low <= high:
+        raise SpecError(field, list(pair), f"[low, high] with {lowest} <= low <= high")
+    return low, high
+
+
+@RULES.register("poison")
+@dataclass
+class Poison(LabelRule):
+    """Positive iff a `key` instance is present; a neutral `poison` instance flips sides.
+
+    Positive bags hold w key instances (w from the WitnessSpec, 1-3 by default). In train and
+    val every negative bag holds exactly one poison instance and positives none; in test every
+    positive bag holds exactly one and negatives none. A model that learned "poison absent =>
+    positive" instead of "key present => positive" flips its test predictions. Every bag has at
+    least 2 instances (room for a witness and the poison), whatever its label.
+    Evidence: key instances +1 for class 1 and -1 for class 0; poison and background 0.
+    """
+
+    key: int | list[int] = 9
+    poison: int | list[int] = 0
+
+    def __post_init__(self) -> None:
+        self.keys = as_id_list("key", self.key)
+        self.poison_ids = as_id_list("poison", self.poison)
+        distinct("poison", self.keys, self.poison_ids)
+
+    def check(self, n_concepts: int, min_size: int, witnesses: WitnessSpec) -> list[SpecError]:
+        errors = check_concepts("key", self.keys, n_concepts)
+        errors += check_concepts("poison", self.poison_ids, n_concepts)
+        errors += check_background("poison", self.keys + self.poison_ids, n_concepts)
+        return errors + check_room(witnesses, max(min_size, 2), reserved=1)
+
+    def required_size(self, label: int, split: str) -> int:
+        return 2
+
+    def label(self, concepts: np.ndarray) -> int:
+        return int(np.isin(concepts, self.keys).any())
+
+    def evidence(self, concepts: np.ndarray) -> np.ndarray:
+        return binary_evidence(np.isin(concepts, self.keys))
+
+    def sample_concepts(self, label: int, size: int, n_concepts: int, witnesses: WitnessSpec,
+                        split: str, rng: np.random.Generator) -> np.ndarray:
+        poisoned = (label == 1) if split == SHIFTED_SPLIT else (label == 0)
+        n_poison = int(poisoned)
+        n_key = int(draw_counts(witnesses, 1, size, size - n_poison, rng)[0]) if label == 1 else 0
+        parts = [pick(self.keys, n_key, rng), pick(self.poison_ids, n_poison, rng)]
+        return np.concatenate([*parts, background(size - n_key - n_poison,
+                                                  self.keys + self.poison_ids, n_concepts, rng)])
+
+
+@RULES.register("false_frequency")
+@dataclass
+class FalseFrequency(LabelRule):
+    """Positive iff a `key` instance is present; a neutral `frequent` concept's count is a
+    shortcut in training that reverses in test.
+
+    Following Raff & Holt's false-frequency test (positives hold two signal instances, train
+    negatives one copy of a signal concept, test negatives 35-44 copies): every positive bag
+    (all splits) holds w key instances (WitnessSpec) and `positive_copies` (default 2-3) copies of
+    `frequent`; train/val negatives hold exactly one copy, test negatives `test_copies` (default
+    35-44). In training "more than one frequent instance => positive" is as accurate as the key,
+    so a model that counts is rewarded there and fails on the test negatives. Bags are grown to
+    max(positive_copies) + 1 instances in every split (label-independent) and test negatives to
+    max(test_copies).
+    Evidence: key instances +1 for class 1 and -1 for class 0; frequent and background 0.
+    """
+
+    key: int | list[int] = 9
+    frequent: int | list[int] = 8
+    positive_copies: int | tuple[int, int] = (2, 3)
+    test_copies: int | tuple[int, int] = (35, 44)
+
+    def __post_init__(self) -> None:
+        self.keys = as_id_list("key", self.key)
+        self.frequent_ids = as_id_list("frequent", self.frequent)
+        distinct("frequent", self.keys, self.frequent_ids)
+        # At least 2, so that positives hold more copies than train negatives (exactly 1).
+        self.positive_range = count_range("positive_copies", self.positive_copies, 2)
+        self.test_range = count_range("test_copies", self.test_copies, 1)
+        if self.test_range[0] <= self.positive_range[1]:
+            raise SpecError("test_copies", list(self.test_range),
+                            f"a low above positive_copies' high ({self.positive_range[1]}), so "
+                            "test negatives out-count every positive")
+
+    def check(self, n_concepts: int, min_size: int, witnesses: WitnessSpec) -> list[SpecError]:
+        errors = check_concepts("key", self.keys, n_concepts)
+        errors += check_concepts("frequent", self.frequent_ids, n_concepts)
+        errors += check_background("frequent", self.keys + self.frequent_ids, n_concepts)
+        room = max(min_size, self.required_size(1, "train"))
+        return errors + check_room(witnesses, room, reserved=self.positive_range[1])
+
+    def required_size(self, label: int, split: str) -> int:
+        if label == 0 and split == SHIFTED_SPLIT:
+            return self.test_range[1]
+        return self.positive_range[1] + 1
+
+    def label(self, concepts: np.ndarray) -> int:
+        return int(np.isin(concepts, self.keys).any())
+
+    def evidence(self, concepts: np.ndarray) -> np.ndarray:
+        return binary_evidence(np.isin(concepts, self.keys))
+
+    def sample_concepts(self, label: int, size: int, n_concepts: int, witnesses: WitnessSpec,
+                        split: str, rng: np.random.Generator) -> np.ndarray:
+        if label == 1:
+            low, high = self.positive_range
+        elif split == SHIFTED_SPLIT:
+            low, high = self.test_range
+        else:
+            low, high = 1, 1
+        n_frequent = int(rng.integers(low, high + 1))
+        n_key = int(draw_counts(witnesses, 1, size, size - n_frequent, rng)[0]) \
+            if label == 1 else 0
+        parts = [pick(self.keys, n_key, rng), pick(self.frequent_ids, n_frequent, rng)]
+        return np.concatenate([*parts, background(size - n_key - n_frequent,
+                                                  self.keys + self.frequent_ids, n_concepts,
+                                                  rng)])
