@@ -8,6 +8,8 @@ no data-dependent Python control flow) so ensembles can train in one vectorised 
 
 from __future__ import annotations
 
+import inspect
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -37,6 +39,11 @@ class SetOutput(NamedTuple):
     attention_norm: torch.Tensor | None = None
     instance_scores: torch.Tensor | None = None
     layer_attention: tuple[torch.Tensor, ...] | None = None
+
+    def present(self) -> dict[str, Any]:
+        """The fields that are not None. torch.func.vmap refuses None in outputs, so a vmapped
+        function returns ``model(x, mask).present()`` (or just the logits)."""
+        return {name: value for name, value in self._asdict().items() if value is not None}
 
 
 @dataclass(frozen=True)
@@ -101,7 +108,10 @@ class SetModel(nn.Module):
 
 
 def build_model(spec: ModelSpec, info: InputInfo, seed: int | None = None) -> SetModel:
-    """Instantiate encoder + pooling; `seed` makes the initial weights reproducible."""
+    """Instantiate encoder + pooling; `seed` makes the initial weights reproducible.
+
+    Unknown or bad parameters raise SpecError at ``model.encoder_params.<name>`` /
+    ``model.pooling_params.<name>``."""
     encoder_name = spec.encoder or DEFAULT_ENCODER.get(info.kind)
     if encoder_name is None:
         raise SpecError("model.encoder", None, f"an encoder name for data kind {info.kind!r}")
@@ -110,16 +120,44 @@ def build_model(spec: ModelSpec, info: InputInfo, seed: int | None = None) -> Se
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
-        try:
-            encoder = encoder_cls(info=info, out_dim=spec.embed_dim, **spec.encoder_params)
-        except TypeError as err:
-            raise SpecError("model.encoder_params", spec.encoder_params, str(err)) from None
-        try:
-            pooling = pooling_cls(in_dim=spec.embed_dim, n_classes=info.n_classes,
-                                  **spec.pooling_params)
-        except TypeError as err:
-            raise SpecError("model.pooling_params", spec.pooling_params, str(err)) from None
+        encoder = construct(encoder_cls, "model.encoder_params",
+                            {"info": info, "out_dim": spec.embed_dim}, spec.encoder_params)
+        pooling = construct(pooling_cls, "model.pooling_params",
+                            {"in_dim": spec.embed_dim, "n_classes": info.n_classes},
+                            spec.pooling_params)
     return SetModel(encoder, pooling, spec, info)
+
+
+def construct(factory: Any, field: str, fixed: dict[str, Any], params: dict[str, Any]) -> Any:
+    """factory(**fixed, **params) with every problem reported as a SpecError under `field`.
+
+    Errors the factory raises about its own parameters (field ``heads``) are nested under
+    `field`; errors that already name a top-level field (``model.*``, ``data.*``) pass through."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # some builtins have no signature; let the call decide
+        signature = None
+    if signature is not None and not any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+        allowed = [name for name in signature.parameters if name not in fixed]
+        for name in params:
+            if name not in allowed:
+                raise SpecError(f"{field}.{name}", params[name], f"parameters {allowed}")
+    try:
+        return factory(**fixed, **params)
+    except SpecError as err:
+        if err.field.startswith(("model.", "data.")):
+            raise
+        raise err.with_prefix(field) from None
+    except TypeError as err:
+        raise SpecError(field, params, str(err)) from None
+
+
+def require_int(field: str, value: Any, minimum: int = 1) -> int:
+    """`value` as an int >= `minimum`, else SpecError(field, ...). Booleans are rejected."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise SpecError(field, value, f"an integer >= {minimum}")
+    return int(value)
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:

@@ -1,13 +1,19 @@
-"""Instance encoders, one per data kind. Each maps (M, *instance_shape) -> (M, out_dim)."""
+"""Instance encoders, one per data kind. Each maps (M, *instance_shape) -> (M, out_dim).
+
+Every instance is encoded on its own, so padded instances cannot influence real ones here;
+the poolings then ignore whatever the encoder made of the padding.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from attnsets.models.base import ENCODERS, InputInfo
+from attnsets.errors import SpecError
+from attnsets.models.base import ENCODERS, InputInfo, require_int
 
 
 @ENCODERS.register("mlp")
@@ -16,6 +22,8 @@ class MLPEncoder(nn.Module):
 
     def __init__(self, info: InputInfo, out_dim: int, hidden: int = 64, layers: int = 2) -> None:
         super().__init__()
+        hidden = require_int("hidden", hidden)
+        layers = require_int("layers", layers)
         in_dim = math.prod(info.instance_shape)
         dims = [in_dim] + [hidden] * (layers - 1) + [out_dim]
         blocks: list[nn.Module] = [nn.Flatten()]
@@ -28,3 +36,87 @@ class MLPEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.float())
+
+
+def _odd_kernel(value: object) -> int:
+    kernel = require_int("kernel_size", value)
+    if kernel % 2 == 0:
+        # 'same' padding needs an odd kernel to keep the length unchanged
+        raise SpecError("kernel_size", value, "an odd integer >= 1")
+    return kernel
+
+
+def _channel_list(value: object) -> list[int]:
+    if isinstance(value, int | str) or not isinstance(value, Sequence) or len(value) == 0:
+        raise SpecError("channels", value, "a non-empty list of integers >= 1")
+    return [require_int("channels", c) for c in value]
+
+
+@ENCODERS.register("cnn")
+class CNNEncoder(nn.Module):
+    """Images, LeNet-like as in Ilse et al. 2018: (conv-ReLU-maxpool 2x2) per entry of
+    `channels`, then Linear-ReLU. x: (M, C, H, W) -> (M, out_dim).
+
+    Convolutions are 'same'-padded so that 8x8 digits survive two poolings as well as 28x28
+    MNIST; the flattened size is computed from `info.instance_shape`."""
+
+    def __init__(self, info: InputInfo, out_dim: int, channels: Sequence[int] = (20, 50),
+                 kernel_size: int = 5) -> None:
+        super().__init__()
+        widths = _channel_list(channels)
+        kernel = _odd_kernel(kernel_size)
+        shape = tuple(info.instance_shape)
+        smallest = 2 ** len(widths)
+        if len(shape) != 3 or min(shape[1:], default=0) < smallest:
+            raise SpecError("model.encoder", "cnn",
+                            f"image instances (channels, height, width) with height and width "
+                            f">= {smallest} for {len(widths)} pooling stages; the data has "
+                            f"instance_shape {shape}")
+        blocks: list[nn.Module] = []
+        in_channels, height, width = shape
+        for out_channels in widths:
+            blocks += [nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2),
+                       nn.ReLU(), nn.MaxPool2d(2)]
+            in_channels, height, width = out_channels, height // 2, width // 2
+        blocks += [nn.Flatten(), nn.Linear(in_channels * height * width, out_dim), nn.ReLU()]
+        self.net = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.float())
+
+
+@ENCODERS.register("seq_cnn")
+class SequenceCNNEncoder(nn.Module):
+    """Token sequences: embedding (token 0 = padding) -> `layers` x (Conv1d-ReLU) over positions
+    -> max over real positions -> Linear-ReLU. tokens: (M, L) int64 -> (M, out_dim).
+
+    Padding positions are zeroed after every layer, so trailing padding behaves exactly like the
+    convolution's own zero padding: a sequence encodes the same whatever its padded length.
+    An all-padding sequence (a padded instance) encodes as Linear-ReLU of zeros."""
+
+    def __init__(self, info: InputInfo, out_dim: int, token_dim: int = 32, channels: int = 64,
+                 kernel_size: int = 5, layers: int = 1) -> None:
+        super().__init__()
+        if info.vocab_size < 2 or len(info.instance_shape) != 1:
+            raise SpecError("model.encoder", "seq_cnn",
+                            "token sequences (instance_shape (L,), vocab_size >= 2); the data "
+                            f"has instance_shape {tuple(info.instance_shape)}, vocab_size "
+                            f"{info.vocab_size}")
+        token_dim = require_int("token_dim", token_dim)
+        channels = require_int("channels", channels)
+        kernel = _odd_kernel(kernel_size)
+        layers = require_int("layers", layers)
+        self.embed = nn.Embedding(info.vocab_size, token_dim, padding_idx=0)
+        self.convs = nn.ModuleList(
+            nn.Conv1d(token_dim if i == 0 else channels, channels, kernel, padding=kernel // 2)
+            for i in range(layers))
+        self.out = nn.Sequential(nn.Linear(channels, out_dim), nn.ReLU())
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        real = (tokens != 0).unsqueeze(1)  # (M, 1, L)
+        features = self.embed(tokens.long()).transpose(1, 2)  # (M, token_dim, L)
+        for conv in self.convs:
+            features = torch.relu(conv(features * real))
+        pooled = features.masked_fill(~real, float("-inf")).amax(dim=-1)  # (M, channels)
+        pooled = torch.where(real.any(dim=-1), pooled, torch.zeros_like(pooled))
+        return self.out(pooled)
