@@ -1,0 +1,308 @@
+"""Ensembles: K members of one architecture trained in one vectorised pass.
+
+Member parameters are stacked along a new leading axis (K, ...) and the model is evaluated
+with torch.func.functional_call under vmap. The training loss is the SUM over members of each
+member's mean batch loss, so member k's gradient is exactly the gradient of its own loss, and
+one Adam over the stacked tensors (elementwise) moves every member as its own Adam would.
+Member k uses init seed seeds[k] and the data order of numpy.random.default_rng(seeds[k]), the
+same as ``fit(spec, dataset, TrainSpec(seed=seeds[k]))``; only padding differs (batches of all
+members are padded to a common size), so results agree up to float rounding. Members with
+dropout draw different masks than a lone fit would. Members that early-stop are removed from
+the stacked pass (with their Adam state) and keep their best validation state.
+Members must not update buffers while training (e.g. BatchNorm running statistics): vmap
+cannot write them back.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from attnsets.data.generate import SetDataset
+from attnsets.errors import SpecError
+from attnsets.models.base import InputInfo, ModelSpec, SetModel, SetOutput, build_model
+from attnsets.training.fit import (
+    EpochStats,
+    History,
+    PaddedSplit,
+    ProgressCallback,
+    TrainSpec,
+    check_train_spec,
+    class_weight_vector,
+    count_nonfinite,
+    diverged_error,
+    eval_chunks,
+    input_info,
+    loss_terms,
+    make_optimizer,
+)
+
+Tensors = dict[str, torch.Tensor]
+
+
+class Ensemble(nn.Module):
+    """K SetModels of one architecture. forward gives every member's SetOutput stacked on a
+    leading member axis: logits (K, B, C), attention (K, B, N), ..."""
+
+    def __init__(self, members: Sequence[SetModel], seeds: Sequence[int] | None = None) -> None:
+        super().__init__()
+        if len(members) == 0:
+            raise SpecError("members", [], "at least one SetModel")
+        shapes = _shapes(members[0])
+        for k, member in enumerate(members[1:], start=1):
+            if _shapes(member) != shapes:
+                raise SpecError(f"members[{k}]", type(member).__name__,
+                                "models with the same parameter names and shapes as member 0")
+        if seeds is not None and len(seeds) != len(members):
+            raise SpecError("seeds", list(seeds), f"{len(members)} seeds, one per member")
+        self.models = nn.ModuleList(members)
+        self.seeds: list[int] | None = [int(s) for s in seeds] if seeds is not None else None
+        self.spec: ModelSpec | None = getattr(members[0], "spec", None)
+        self.info: InputInfo | None = getattr(members[0], "info", None)
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    def members(self) -> list[SetModel]:
+        return list(self.models)  # type: ignore[arg-type]
+
+    def stacked_state(self) -> tuple[Tensors, Tensors]:
+        """(parameters, buffers), each name -> (K, ...), differentiable w.r.t. the members."""
+        member_params = [dict(m.named_parameters()) for m in self.models]
+        member_buffers = [dict(m.named_buffers()) for m in self.models]
+        params = {name: torch.stack([p[name] for p in member_params])
+                  for name in member_params[0]}
+        buffers = {name: torch.stack([b[name] for b in member_buffers])
+                   for name in member_buffers[0]}
+        return params, buffers
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> SetOutput:
+        """x: (B, N, *shape), mask: (B, N) bool -> SetOutput with fields (K, B, ...)."""
+        params, buffers = self.stacked_state()
+        template = self.models[0]
+        # vmap outputs must be tensors, so the fields a pooling leaves as None are dropped here
+        # and restored afterwards.
+        present: list[str] = []
+
+        def run(p: Tensors, b: Tensors, x_: torch.Tensor, mask_: torch.Tensor) -> dict[str, Any]:
+            out = functional_call(template, (p, b), (x_, mask_))
+            present[:] = [name for name in SetOutput._fields if getattr(out, name) is not None]
+            return {name: getattr(out, name) for name in present}
+
+        stacked = vmap(run, in_dims=(0, 0, None, None), randomness="different")(
+            params, buffers, x, mask)
+        return SetOutput(**stacked)
+
+    def predict_proba(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, C) mean over members of each member's class probabilities."""
+        return torch.softmax(self(x, mask).logits, dim=-1).mean(0)
+
+
+@dataclass
+class EnsembleResult:
+    """The trained ensemble (each member in its best validation state) and one History per
+    member (member k's wall_time is that of the whole shared pass)."""
+
+    ensemble: Ensemble
+    histories: list[History]
+
+
+def _shapes(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
+    return [(name, tuple(t.shape)) for name, t in model.state_dict().items()]
+
+
+def resolve_seeds(n_members: int | None, seeds: Sequence[int] | None, base_seed: int) -> list[int]:
+    """Member seeds: `seeds` as given, else base_seed, base_seed + 1, ... (5 members if neither
+    is given)."""
+    if n_members is not None and (not isinstance(n_members, int) or isinstance(n_members, bool)
+                                  or n_members < 1):
+        raise SpecError("n_members", n_members, "an integer >= 1")
+    if seeds is None:
+        return [base_seed + k for k in range(n_members if n_members is not None else 5)]
+    seed_list = list(seeds)
+    if not seed_list or not all(isinstance(s, int | np.integer) and not isinstance(s, bool)
+                                and s >= 0 for s in seed_list):
+        raise SpecError("seeds", seed_list, "a non-empty list of integers >= 0")
+    if len(set(seed_list)) != len(seed_list):
+        raise SpecError("seeds", seed_list, "distinct seeds (equal seeds give identical members)")
+    if n_members is not None and n_members != len(seed_list):
+        raise SpecError("n_members", n_members, f"the number of seeds ({len(seed_list)})")
+    return [int(s) for s in seed_list]
+
+
+def _keep_rows(params: Tensors, buffers: Tensors, optimizer: torch.optim.Adam, keep: torch.Tensor,
+               spec: TrainSpec) -> tuple[Tensors, Tensors, torch.optim.Adam]:
+    """Drop stopped members from the stacked pass, carrying the Adam state of the others."""
+    new_params = {name: p.detach()[keep].clone().requires_grad_(True)
+                  for name, p in params.items()}
+    new_buffers = {name: b[keep].clone() for name, b in buffers.items()}
+    new_optimizer = make_optimizer(new_params.values(), spec)
+    for old, new in zip(params.values(), new_params.values(), strict=True):
+        state = optimizer.state.get(old)
+        if not state:
+            continue
+        new_optimizer.state[new] = {
+            key: (value[keep].clone() if value.dim() > 0 else value.clone())
+            if torch.is_tensor(value) else value
+            for key, value in state.items()}
+    return new_params, new_buffers, new_optimizer
+
+
+def _clip_per_member(params: Tensors, max_norm: float) -> None:
+    """Scale each member's gradient to total norm <= max_norm (as clip_grad_norm_ per model)."""
+    grads = [p.grad for p in params.values() if p.grad is not None]
+    if not grads:
+        return
+    squared = torch.stack([g.reshape(g.shape[0], -1).pow(2).sum(1) for g in grads]).sum(0)
+    scale = (max_norm / (squared.sqrt() + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale.view(-1, *[1] * (g.dim() - 1)))
+
+
+def _evaluate_rows(logits_of: Callable[..., torch.Tensor], params: Tensors, buffers: Tensors,
+                   chunks: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                   weights: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per stacked row (A,): weighted mean validation cross-entropy and accuracy.
+    logits_of(params, buffers, x (B, N, ...), mask (B, N)) -> (A, B, C)."""
+    rows = next(iter(params.values())).shape[0]
+    total = torch.zeros(rows, dtype=torch.float64)
+    weight_sum = torch.zeros(rows, dtype=torch.float64)
+    correct = torch.zeros(rows, dtype=torch.int64)
+    with torch.no_grad():
+        for x, mask, labels in chunks:
+            chunk_total, chunk_weight, chunk_correct = loss_terms(
+                logits_of(params, buffers, x, mask), labels.expand(rows, -1), weights)
+            total += chunk_total.double()
+            weight_sum += chunk_weight.double()
+            correct += chunk_correct
+    count = sum(len(labels) for _, _, labels in chunks)
+    return (total / weight_sum).numpy(), (correct.double() / count).numpy()
+
+
+def fit_ensemble(model_spec: ModelSpec, dataset: SetDataset, train_spec: TrainSpec | None = None,
+                 n_members: int | None = None, seeds: Sequence[int] | None = None, *,
+                 progress: ProgressCallback | None = None) -> EnsembleResult:
+    """Train K members in one vectorised pass; see the module docstring for the equivalence
+    with fit(). Each member early-stops on its own validation loss; the pass ends when all
+    have stopped or the epochs run out. A member whose loss becomes NaN, infinite or exceeds
+    the divergence threshold raises TrainingDivergedError naming the member and its seed."""
+    spec = check_train_spec(train_spec)
+    if not isinstance(model_spec, ModelSpec):
+        raise SpecError("model_spec", type(model_spec).__name__, "a ModelSpec")
+    member_seeds = resolve_seeds(n_members, seeds, spec.seed)
+    n = len(member_seeds)
+    info = input_info(dataset)
+    models = [build_model(model_spec, info, seed=s) for s in member_seeds]
+    # functional_call swaps the stacked slices into this copy; the members stay untouched.
+    template = copy.deepcopy(models[0])
+    params, buffers = stack_module_state(models)  # type: ignore[arg-type]
+    train = PaddedSplit.from_split(dataset.train)
+    val = eval_chunks(dataset.val, spec.eval_batch_size)
+    weights = class_weight_vector(spec.class_weights, dataset.train.labels, dataset.n_classes)
+    order_rngs = [np.random.default_rng(s) for s in member_seeds]
+    optimizer = make_optimizer(params.values(), spec)
+
+    def logits_of(p: Tensors, b: Tensors, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return functional_call(template, (p, b), (x, mask)).logits  # type: ignore[no-any-return]
+
+    train_logits = vmap(logits_of, in_dims=(0, 0, 0, 0), randomness="different")
+    val_logits = vmap(logits_of, in_dims=(0, 0, None, None), randomness="different")
+
+    best = {name: t.detach().clone() for name, t in {**params, **buffers}.items()}
+    best_loss = np.full(n, math.inf)
+    without_gain = np.zeros(n, dtype=np.int64)
+    histories = [History() for _ in range(n)]
+    active = np.arange(n)  # member id of each stacked row
+    started = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(member_seeds[0])
+        for epoch in range(spec.epochs):
+            epoch_started = time.perf_counter()
+            template.train()
+            orders = np.stack([order_rngs[k].permutation(len(train)) for k in active])
+            loss_sums = np.zeros(len(active))
+            for batch_number, start in enumerate(range(0, len(train), spec.batch_size)):
+                index = orders[:, start:start + spec.batch_size]  # (A, b)
+                x, mask, labels = train.batch(index)
+                total, weight_sum, _ = loss_terms(train_logits(params, buffers, x, mask), labels,
+                                                  weights)
+                losses = total / weight_sum  # (A,) each member's own mean loss
+                values = losses.detach().numpy().astype(np.float64)
+                bad = np.flatnonzero(~(values <= spec.divergence_threshold))
+                if len(bad):
+                    member = int(active[bad[0]])
+                    raise diverged_error(
+                        f"ensemble member {member} (seed {member_seeds[member]})", epoch,
+                        batch_number, float(values[bad[0]]), spec.divergence_threshold, spec.lr,
+                        count_nonfinite(dataset.train))
+                optimizer.zero_grad(set_to_none=True)
+                losses.sum().backward()
+                if spec.max_grad_norm is not None:
+                    _clip_per_member(params, spec.max_grad_norm)
+                optimizer.step()
+                loss_sums += values * index.shape[1]
+            template.eval()
+            val_loss, val_accuracy = _evaluate_rows(val_logits, params, buffers, val, weights)
+            seconds = time.perf_counter() - epoch_started
+            stopped_rows = []
+            improved_rows = []
+            for row, member in enumerate(active.tolist()):
+                if not math.isfinite(val_loss[row]):
+                    raise diverged_error(
+                        f"ensemble member {member} (seed {member_seeds[member]})", epoch, None,
+                        float(val_loss[row]), spec.divergence_threshold, spec.lr,
+                        count_nonfinite(dataset.val))
+                history = histories[member]
+                improved = bool(val_loss[row] < best_loss[member])
+                if improved:
+                    best_loss[member] = val_loss[row]
+                    history.best_epoch = epoch
+                    without_gain[member] = 0
+                    improved_rows.append(row)
+                else:
+                    without_gain[member] += 1
+                history.train_loss.append(float(loss_sums[row] / len(train)))
+                history.val_loss.append(float(val_loss[row]))
+                history.val_accuracy.append(float(val_accuracy[row]))
+                history.epoch_seconds.append(seconds)
+                history.stopped_epoch = epoch
+                if progress is not None:
+                    progress(EpochStats(epoch, history.train_loss[-1], history.val_loss[-1],
+                                        history.val_accuracy[-1], improved, member))
+                if spec.patience is not None and without_gain[member] >= spec.patience:
+                    history.stopped_early = epoch < spec.epochs - 1
+                    stopped_rows.append(row)
+            if improved_rows:
+                rows = torch.tensor(improved_rows)
+                members = torch.from_numpy(active[improved_rows])
+                with torch.no_grad():
+                    for name, value in {**params, **buffers}.items():
+                        best[name][members] = value.detach()[rows]
+            if stopped_rows:
+                keep_rows = np.setdiff1d(np.arange(len(active)), stopped_rows)
+                if len(keep_rows) == 0:
+                    break
+                params, buffers, optimizer = _keep_rows(params, buffers, optimizer,
+                                                        torch.from_numpy(keep_rows), spec)
+                active = active[keep_rows]
+    wall_time = time.perf_counter() - started
+    for history in histories:
+        history.wall_time = wall_time
+    with torch.no_grad():
+        for k, model in enumerate(models):
+            for name, value in model.state_dict().items():
+                value.copy_(best[name][k])
+            model.eval()
+    ensemble = Ensemble(models, member_seeds)
+    ensemble.eval()
+    return EnsembleResult(ensemble, histories)
+

@@ -1,0 +1,376 @@
+"""Training one set model: Adam, padded mini-batches, weighted cross-entropy, early stopping.
+
+Speed matters (hundreds of trainings on a small CPU), so each split is padded once into
+tensors; a training step only indexes the bags of its batch and trims the padding to the
+largest bag in that batch. The validation split is sorted by bag size and cut into chunks once.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from attnsets.data.bags import BagSplit
+from attnsets.data.generate import SetDataset
+from attnsets.errors import SpecError, TrainingDivergedError
+from attnsets.models.base import InputInfo, ModelSpec, SetModel, build_model
+from attnsets.registry import build_dataclass
+
+ClassWeights = str | Sequence[float] | None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """How to train. patience: epochs without a lower validation loss before stopping (None =
+    run all epochs; the best state is restored either way). class_weights: "balanced"
+    (n / (C * count_c) on the training labels, as scikit-learn), None (all 1) or one positive
+    weight per class. max_grad_norm: clip each model's (each ensemble member's) gradient norm.
+    divergence_threshold: a batch loss above this (or NaN / inf) raises TrainingDivergedError.
+    eval_batch_size: bags per validation forward pass."""
+
+    epochs: int = 50
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int | None = 10
+    class_weights: ClassWeights = "balanced"
+    seed: int = 0
+    max_grad_norm: float | None = None
+    divergence_threshold: float = 1e4
+    eval_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise SpecError(name, value, "an integer >= 1")
+        if not _is_number(self.lr) or not (0 < self.lr < math.inf):
+            raise SpecError("lr", self.lr, "a finite number > 0")
+        if not _is_number(self.weight_decay) or not (0 <= self.weight_decay < math.inf):
+            raise SpecError("weight_decay", self.weight_decay, "a finite number >= 0")
+        if self.patience is not None and (not _is_int(self.patience) or self.patience < 1):
+            raise SpecError("patience", self.patience, "an integer >= 1, or None (no early stop)")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise SpecError("seed", self.seed, "an integer >= 0")
+        if self.max_grad_norm is not None and (
+                not _is_number(self.max_grad_norm) or not (0 < self.max_grad_norm < math.inf)):
+            raise SpecError("max_grad_norm", self.max_grad_norm, "a finite number > 0, or None")
+        if not _is_number(self.divergence_threshold) or not self.divergence_threshold > 0:
+            raise SpecError("divergence_threshold", self.divergence_threshold,
+                            "a number > 0 (inf checks only for NaN / inf losses)")
+        weights = self.class_weights
+        if isinstance(weights, str):
+            if weights != "balanced":
+                raise SpecError("class_weights", weights,
+                                '"balanced", None, or a list of positive weights')
+        elif weights is not None:
+            if not isinstance(weights, Sequence) or len(weights) == 0 or not all(
+                    _is_number(w) and 0 < w < math.inf for w in weights):
+                raise SpecError("class_weights", weights,
+                                '"balanced", None, or a list of positive finite weights')
+            # A tuple keeps the frozen spec hashable.
+            object.__setattr__(self, "class_weights", tuple(float(w) for w in weights))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if isinstance(self.class_weights, tuple):
+            out["class_weights"] = list(self.class_weights)
+        return out
+
+    @staticmethod
+    def from_dict(data: dict[str, Any], path: str = "train") -> TrainSpec:
+        """Build from a config table; unknown keys and bad values raise SpecError at `path.key`."""
+        if not isinstance(data, dict):
+            raise SpecError(path, data, "a table of training settings")
+        return build_dataclass(TrainSpec, data, path)  # type: ignore[no-any-return]
+
+
+@dataclass
+class History:
+    """Per-epoch record. Epochs are 0-based indexes into the lists; best_epoch is the epoch
+    whose state the model holds after training; stopped_epoch is the last epoch that ran.
+    wall_time: seconds for the whole training (for ensemble members: the shared pass)."""
+
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
+    epoch_seconds: list[float] = field(default_factory=list)
+    best_epoch: int = -1
+    stopped_epoch: int = -1
+    stopped_early: bool = False
+    wall_time: float = 0.0
+
+    @property
+    def best_val_loss(self) -> float:
+        return self.val_loss[self.best_epoch] if self.best_epoch >= 0 else math.nan
+
+    @property
+    def best_val_accuracy(self) -> float:
+        return self.val_accuracy[self.best_epoch] if self.best_epoch >= 0 else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class EpochStats(NamedTuple):
+    """What a progress callback receives after each epoch (member: ensemble member or None)."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    improved: bool
+    member: int | None = None
+
+
+ProgressCallback = Callable[[EpochStats], None]
+
+
+@dataclass
+class FitResult:
+    """The trained model (holding its best validation state) and its history."""
+
+    model: SetModel
+    history: History
+
+
+@dataclass(frozen=True)
+class PaddedSplit:
+    """A whole split padded once. x: (B, N_max, *shape) (float64 stored as float32);
+    mask: (B, N_max) bool; labels: (B,) int64; sizes: (B,) numpy int64."""
+
+    x: torch.Tensor
+    mask: torch.Tensor
+    labels: torch.Tensor
+    sizes: np.ndarray
+
+    @staticmethod
+    def from_split(split: BagSplit) -> PaddedSplit:
+        sizes = split.sizes.astype(np.int64)
+        n_max = max(int(sizes.max()) if len(sizes) else 1, 1)
+        bag = split.bag_index
+        position = np.arange(len(bag)) - split.offsets[bag]
+        instances = split.instances
+        if instances.dtype == np.float64:
+            instances = instances.astype(np.float32)
+        x = np.zeros((len(split), n_max, *instances.shape[1:]), dtype=instances.dtype)
+        x[bag, position] = instances
+        mask = np.zeros((len(split), n_max), dtype=bool)
+        mask[bag, position] = True
+        labels = np.asarray(split.labels, dtype=np.int64)
+        return PaddedSplit(torch.from_numpy(x), torch.from_numpy(mask), torch.from_numpy(labels),
+                           sizes)
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def batch(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """index: (..., b) bag ids -> x (..., b, n, *shape), mask (..., b, n), labels (..., b),
+        padded only to n = the largest bag among `index`."""
+        n = max(int(self.sizes[index].max()), 1)
+        rows = torch.from_numpy(np.ascontiguousarray(index, dtype=np.int64))
+        return self.x[:, :n][rows], self.mask[:, :n][rows], self.labels[rows]
+
+
+def eval_chunks(split: BagSplit, chunk_size: int
+                ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The split as (x, mask, labels) chunks of <= chunk_size bags, sorted by size so that each
+    chunk carries little padding. For order-free statistics (loss sums, accuracy)."""
+    padded = PaddedSplit.from_split(split)
+    order = np.argsort(padded.sizes, kind="stable")
+    return [padded.batch(order[start:start + chunk_size])
+            for start in range(0, len(order), chunk_size)]
+
+
+def class_weight_vector(class_weights: ClassWeights, labels: np.ndarray,
+                        n_classes: int) -> torch.Tensor:
+    """(C,) float32 cross-entropy weights. "balanced" = n / (C * count_c) over `labels`
+    (a class absent from `labels` gets 1)."""
+    if class_weights is None:
+        return torch.ones(n_classes)
+    if isinstance(class_weights, str):
+        if class_weights != "balanced":
+            raise SpecError("class_weights", class_weights, '"balanced", None, or a list')
+        counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes)
+        weights = np.ones(n_classes)
+        present = counts > 0
+        weights[present] = len(labels) / (n_classes * counts[present])
+        return torch.tensor(weights, dtype=torch.float32)
+    if len(class_weights) != n_classes:
+        raise SpecError("class_weights", list(class_weights),
+                        f"{n_classes} positive weights (one per class)")
+    return torch.tensor([float(w) for w in class_weights], dtype=torch.float32)
+
+
+def loss_terms(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """logits: (..., B, C); labels: (..., B); weights: (C,) -> per leading index
+    (sum_i w_{y_i} * -log p_i(y_i), sum_i w_{y_i}, number correct), each (...,)."""
+    log_p = torch.log_softmax(logits, dim=-1)
+    nll = -log_p.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    bag_weights = weights[labels]
+    correct = (logits.argmax(-1) == labels).sum(-1)
+    return (bag_weights * nll).sum(-1), bag_weights.sum(-1), correct
+
+
+def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                           weights: torch.Tensor) -> torch.Tensor:
+    """logits: (..., B, C) -> (...,) weighted mean cross-entropy over B, the same as
+    torch.nn.functional.cross_entropy(logits, labels, weight=weights) for one batch."""
+    total, weight_sum, _ = loss_terms(logits, labels, weights)
+    return total / weight_sum
+
+
+def make_optimizer(params: Iterable[torch.Tensor], spec: TrainSpec) -> torch.optim.Adam:
+    """Adam with L2 weight decay. Its update is elementwise, so a stacked ensemble optimised by
+    one Adam moves each member exactly as its own Adam would."""
+    return torch.optim.Adam(list(params), lr=spec.lr, weight_decay=spec.weight_decay,
+                            fused=True)
+
+
+def input_info(dataset: SetDataset) -> InputInfo:
+    return InputInfo.from_dataset(dataset)
+
+
+def diverged_error(where: str, epoch: int, batch: int | None, loss: float, threshold: float,
+                   lr: float, data_nonfinite: int) -> TrainingDivergedError:
+    """A TrainingDivergedError whose message says where, what loss, and likely causes."""
+    place = f"epoch {epoch}" + (f", batch {batch}" if batch is not None else " (validation)")
+    what = "is not finite" if not math.isfinite(loss) else f"exceeds the threshold {threshold:g}"
+    hint = (f"the training data holds {data_nonfinite} non-finite feature values"
+            if data_nonfinite else f"try a lower learning rate (lr={lr:g}) or set max_grad_norm")
+    return TrainingDivergedError(f"{where}: loss {loss:g} at {place} {what}; {hint}")
+
+
+def count_nonfinite(split: BagSplit) -> int:
+    instances = split.instances
+    if not np.issubdtype(instances.dtype, np.floating):
+        return 0
+    return int(instances.size - np.count_nonzero(np.isfinite(instances)))
+
+
+def evaluate(model: nn.Module,
+             chunks: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+             weights: torch.Tensor) -> tuple[float, float]:
+    """(weighted mean cross-entropy, accuracy) of `model` in eval mode over the chunks."""
+    was_training = model.training
+    model.eval()
+    total = weight_sum = 0.0
+    correct = count = 0
+    with torch.no_grad():
+        for x, mask, labels in chunks:
+            chunk_total, chunk_weight, chunk_correct = loss_terms(model(x, mask).logits, labels,
+                                                                  weights)
+            total += float(chunk_total)
+            weight_sum += float(chunk_weight)
+            correct += int(chunk_correct)
+            count += len(labels)
+    model.train(was_training)
+    return total / weight_sum, correct / count
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+
+def check_train_spec(train_spec: TrainSpec | None) -> TrainSpec:
+    """The given TrainSpec, or the defaults for None."""
+    if train_spec is None:
+        return TrainSpec()
+    if not isinstance(train_spec, TrainSpec):
+        raise SpecError("train_spec", type(train_spec).__name__,
+                        "a TrainSpec (TrainSpec.from_dict reads a config table)")
+    return train_spec
+
+
+def fit(model_or_spec: SetModel | ModelSpec, dataset: SetDataset,
+        train_spec: TrainSpec | None = None, *,
+        progress: ProgressCallback | None = None) -> FitResult:
+    """Train on dataset.train, early-stop on dataset.val, restore the best validation state.
+
+    A ModelSpec is built with init seed ``train_spec.seed``; a SetModel is trained in place.
+    The data order comes from ``numpy.random.default_rng(train_spec.seed)`` and dropout (if
+    any) from a torch generator seeded the same way, so the same seed gives identical weights
+    (for a fixed number of torch threads). Raises TrainingDivergedError on a NaN, infinite or
+    above-threshold loss instead of returning a broken model.
+    """
+    spec = check_train_spec(train_spec)
+    if isinstance(model_or_spec, ModelSpec):
+        model = build_model(model_or_spec, input_info(dataset), seed=spec.seed)
+    elif isinstance(model_or_spec, SetModel):
+        model = model_or_spec
+    else:
+        raise SpecError("model", type(model_or_spec).__name__, "a ModelSpec or a SetModel")
+    train = PaddedSplit.from_split(dataset.train)
+    val = eval_chunks(dataset.val, spec.eval_batch_size)
+    weights = class_weight_vector(spec.class_weights, dataset.train.labels, dataset.n_classes)
+    order_rng = np.random.default_rng(spec.seed)
+    optimizer = make_optimizer(model.parameters(), spec)
+    history = History()
+    best_state = snapshot(model)
+    best_loss = math.inf
+    epochs_without_gain = 0
+    started = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        for epoch in range(spec.epochs):
+            epoch_started = time.perf_counter()
+            model.train()
+            order = order_rng.permutation(len(train))
+            loss_sum = 0.0
+            for batch_number, start in enumerate(range(0, len(order), spec.batch_size)):
+                index = order[start:start + spec.batch_size]
+                x, mask, labels = train.batch(index)
+                loss = weighted_cross_entropy(model(x, mask).logits, labels, weights)
+                value = float(loss.detach())
+                if not value <= spec.divergence_threshold:  # also catches NaN
+                    raise diverged_error("training", epoch, batch_number, value,
+                                         spec.divergence_threshold, spec.lr,
+                                         count_nonfinite(dataset.train))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if spec.max_grad_norm is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
+                optimizer.step()
+                loss_sum += value * len(index)
+            val_loss, val_accuracy = evaluate(model, val, weights)
+            if not math.isfinite(val_loss):
+                raise diverged_error("training", epoch, None, val_loss, spec.divergence_threshold,
+                                     spec.lr, count_nonfinite(dataset.val))
+            improved = val_loss < best_loss
+            if improved:
+                best_loss, best_state = val_loss, snapshot(model)
+                history.best_epoch = epoch
+                epochs_without_gain = 0
+            else:
+                epochs_without_gain += 1
+            history.train_loss.append(loss_sum / len(train))
+            history.val_loss.append(val_loss)
+            history.val_accuracy.append(val_accuracy)
+            history.epoch_seconds.append(time.perf_counter() - epoch_started)
+            history.stopped_epoch = epoch
+            if progress is not None:
+                progress(EpochStats(epoch, history.train_loss[-1], val_loss, val_accuracy,
+                                    improved))
+            if spec.patience is not None and epochs_without_gain >= spec.patience:
+                history.stopped_early = epoch < spec.epochs - 1
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    history.wall_time = time.perf_counter() - started
+    return FitResult(model, history)
