@@ -16,8 +16,9 @@ from attnsets.errors import DataFormatError, SpecError, SpecErrors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Can the attention weights of a set model be trusted as an explanation?")
-console = Console()
-err_console = Console(stderr=True)
+# Off a terminal (pipes, CI logs) rich would wrap tables at 80 columns; give them room instead.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def _fail(err: Exception) -> None:
@@ -120,24 +121,210 @@ def _print_summary(dataset: Any) -> None:
     console.print(table)
 
 
+def _fmt(value: Any, digits: int = 3) -> str:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return "—" if value != value else f"{value:.{digits}f}"
+
+
+def print_assessment(metrics: dict[str, Any], title: str = "") -> None:
+    """Bag metrics, each explainer's importance metrics and the silent-failure flags as tables."""
+    k = metrics["n_members"]
+    bag = Table(title=f"{title}bag metrics on the test split ({k} member{'s' * (k > 1)})")
+    for col in ("", "accuracy", "balanced acc.", "AUROC", "log loss"):
+        bag.add_column(col, justify="right")
+    for name, row in (("member mean", metrics["member_mean"]["bag"]),
+                      ("ensemble", metrics["ensemble"]["bag"])):
+        bag.add_row(name, *(_fmt(row[c]) for c in ("accuracy", "balanced_accuracy", "auroc",
+                                                   "log_loss")))
+    console.print(bag)
+    crit = metrics["criteria"]
+    imp = Table(title="instance importance vs. ground-truth witnesses (mean over members)",
+                caption=f"silent failure = {crit['bag_metric']} >= {crit['min_bag_score']} and "
+                        f"{crit['importance_metric']} <= {crit['max_importance']}")
+    for col in ("explainer", "AUROC [95% CI]", "AUPRC (chance)", "NDCG@k", "P@k", "AUROC-2",
+                "concentration", "AOPC-R", "misleading bags", "silent members", "ensemble AUROC",
+                "ensemble silent"):
+        imp.add_column(col, justify="right")
+    for method, mean in metrics["member_mean"].items():
+        if method == "bag":
+            continue
+        ens = metrics["ensemble"][method]
+        silent = sum(metrics["members"]["silent"][method])
+        imp.add_row(
+            method, f"{_fmt(mean['auroc'])} [{_fmt(mean['auroc_ci_low'])}, {_fmt(mean['auroc_ci_high'])}]",
+            f"{_fmt(mean['auprc'])} ({_fmt(mean['auprc_chance'])})", _fmt(mean["ndcg_at_k"]),
+            _fmt(mean["precision_at_k"]), _fmt(mean["auroc2"]), _fmt(mean["concentration"]),
+            _fmt(mean["aopc_relative"]), _fmt(mean["misleading_rate"]),
+            f"[{'red' if silent else 'green'}]{silent}/{k}[/]", _fmt(ens["auroc"]),
+            "[red]yes[/]" if ens["silent"] else "[green]no[/]")
+    console.print(imp)
+    for method, reason in metrics["not_applicable"].items():
+        console.print(f"[dim]{method}: skipped, {reason}[/]")
+    if "unit_test" in metrics:
+        unit = metrics["unit_test"]
+        flagged = sum(f["flagged"] for f in unit["members"])
+        console.print(f"algorithmic unit test ({unit['metric']} on the train distribution vs. the "
+                      f"shifted test split): {flagged}/{k} members flagged; ensemble "
+                      f"{'[red]flagged[/]' if unit['ensemble']['flagged'] else '[green]passes[/]'}"
+                      f" ({unit['ensemble']['reason']})")
+
+
+@app.command()
+def evaluate(
+    config: Path = typer.Argument(..., help="dataset config (TOML/YAML); optional [model], "
+                                            "[training] and [assess] tables"),
+    pooling: str | None = typer.Option(None, help="override model.pooling"),
+    members: int = typer.Option(5, min=1, help="ensemble members (trained in one vectorised pass)"),
+    explainers: str | None = typer.Option(None, help="comma-separated methods (default: all that apply)"),
+    epochs: int | None = typer.Option(None, help="override training.epochs"),
+    seed: int = typer.Option(0, help="first member seed; members use seed, seed+1, ..."),
+    as_json: Path | None = typer.Option(None, "--json", help="also write all metrics as JSON here"),
+) -> None:
+    """Train a model (or ensemble) on a dataset config; print bag metrics, each explainer's
+    importance metrics and silent-failure flags."""
+    from attnsets.assess import AssessSpec
+    from attnsets.data.spec import load_config
+    from attnsets.explain import EXPLAINERS
+    from attnsets.metrics import SilentFailureCriteria
+    from attnsets.study.cell import train_and_assess
+
+    try:
+        raw = load_config(config)
+        dataset = _dataset_section(raw)
+        dataset = {k: v for k, v in dataset.items() if k in ("pool", "rule", "bags", "bag_size",
+                                                                "witnesses", "seed")}
+        model = dict(raw.get("model", {"pooling": "attention"}))
+        if pooling:
+            model["pooling"] = pooling
+        training = dict(raw.get("training", {}))
+        if epochs is not None:
+            training["epochs"] = epochs
+        assess_raw = dict(raw.get("assess", {}))
+        methods = tuple(explainers.split(",")) if explainers else tuple(
+            assess_raw.pop("explainers", [m for m in EXPLAINERS.names() if m != "shapley"]))
+        unknown = [m for m in methods if m not in EXPLAINERS]
+        if unknown:
+            raise SpecError("explainers", unknown[0], f"one of {EXPLAINERS.names()}")
+        criteria = SilentFailureCriteria(**raw.get("thresholds", {}))
+        spec = AssessSpec(explainers=methods, criteria=criteria, seed=seed,
+                          **{k: v for k, v in assess_raw.items() if k != "explainers"})
+        with console.status(f"training {members} member(s) and explaining"):
+            assessment, training_summary = train_and_assess(
+                dataset, model, training, list(range(seed, seed + members)), spec)
+    except (SpecError, SpecErrors) as err:
+        _fail(err)
+        return
+    except TypeError as err:
+        _fail(SpecError("assess", str(err), "the AssessSpec fields"))
+        return
+    console.print(f"trained in {training_summary['seconds']:.1f}s "
+                  f"(epochs run per member: {training_summary['epochs_run']})")
+    print_assessment(assessment.metrics)
+    if as_json:
+        from attnsets.study.store import _dumps
+
+        as_json.write_text(_dumps({**assessment.metrics, "training": training_summary}))
+        console.print(f"wrote {as_json}")
+
+
+@app.command()
+def run(
+    config: Path = typer.Argument(..., help="study config (TOML/YAML)"),
+    out: Path = typer.Option(Path("results"), "--out", "-o", help="results directory"),
+    workers: int = typer.Option(1, min=1, help="parallel worker processes"),
+    resume: bool = typer.Option(False, help="finish only the cells missing from --out"),
+    executor: str = typer.Option("local", help="local | ray"),
+    address: str | None = typer.Option(None, help="Ray cluster address (default: a local instance)"),
+) -> None:
+    """Run a whole study: datasets x models x seeds x grid, stored in OUT/results.sqlite."""
+    from attnsets.study.config import load_study
+    from attnsets.study.runner import StudyExistsError, run_study
+    from attnsets.study.store import StoreLockedError
+
+    try:
+        study = load_study(config)
+        summary = run_study(study, out, workers=workers, executor=executor, address=address,
+                            resume=resume)
+    except (SpecError, SpecErrors, StudyExistsError, StoreLockedError) as err:
+        _fail(err)
+        return
+    _print_run_summary(summary, out)
+    _print_headline(out)
+    if not summary.ok:
+        raise typer.Exit(code=1)
+
+
+def _print_run_summary(summary: Any, out: Path) -> None:
+    console.print(f"[bold]{summary.done} done, {summary.failed} failed, {summary.skipped} already "
+                  f"done[/] of {summary.total} cells in {summary.seconds:.0f}s; results in {out}")
+    for label, error in summary.failures:
+        console.print(f"[red]failed[/] {label}: {error}")
+
+
+def _print_headline(out: Path) -> None:
+    from attnsets.study.headline import headline_table
+    from attnsets.study.results import results_frame
+
+    table = headline_table(results_frame(out))
+    view = Table(title="headline: can the attention be trusted?",
+                 caption="means over replicate seeds; silent rate = share of members with high "
+                         "bag accuracy but low attention AUROC")
+    for col in ("dataset", "rule", "model", "cells", "bag accuracy", "attention AUROC",
+                "silent rate", "ensemble AUROC", "ensemble gain"):
+        view.add_column(col, justify="left" if col in ("dataset", "rule", "model") else "right")
+    for row in table.itertuples(index=False):
+        view.add_row(str(row.dataset), str(row.rule), str(row.model), str(row.cells),
+                     _fmt(row.bag_accuracy), _fmt(row.attention_auroc), _fmt(row.silent_rate),
+                     _fmt(row.ensemble_auroc), f"{float(row.ensemble_gain):+.3f}"
+                     if row.ensemble_gain == row.ensemble_gain else "—")
+    console.print(view)
+
+
+@app.command()
+def results(
+    directory: Path = typer.Argument(..., help="a study's results directory"),
+    export: Path | None = typer.Option(None, help="write the table to .csv or .parquet"),
+    headline: bool = typer.Option(True, help="print the headline table"),
+) -> None:
+    """Print (or export) the results table of a study."""
+    from attnsets.study.results import export_results, results_frame
+
+    try:
+        frame = results_frame(directory)
+        if export:
+            path = export_results(directory, export)
+            console.print(f"wrote {len(frame)} rows x {len(frame.columns)} columns to {path}")
+    except (FileNotFoundError, SpecError) as err:
+        _fail(err)
+        return
+    counts = frame["status"].value_counts().to_dict() if len(frame) else {}
+    console.print(f"{len(frame)} cells: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    if headline and len(frame):
+        _print_headline(directory)
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("out/demo"), "--out", "-o", help="output directory"),
+    workers: int = typer.Option(2, min=1, help="parallel worker processes"),
 ) -> None:
-    """The main job on embedded data: build digits-presence bags, save them and summarise."""
-    from attnsets.data import DatasetSpec, make_dataset, save_dataset
+    """The main job on embedded data: run configs/demo.toml (resuming if interrupted) and print
+    the headline table."""
+    from attnsets.study.config import load_study
+    from attnsets.study.runner import run_study
 
-    spec = DatasetSpec.from_dict({
-        "pool": {"name": "digits"},
-        "rule": {"name": "presence", "key": 9},
-        "bags": {"train": 1000, "val": 200, "test": 200},
-        "bag_size": {"kind": "normal", "mean": 10, "sd": 2, "min": 2},
-        "seed": 0,
-    })
-    dataset = make_dataset(spec)
-    path = save_dataset(dataset, out / "digits_presence.npz")
-    console.print(f"wrote {path}")
-    _print_summary(dataset)
+    config = Path(__file__).resolve().parents[2] / "configs" / "demo.toml"
+    if not config.is_file():  # installed without the repository: use the packaged copy
+        config = Path(__file__).resolve().parent / "configs" / "demo.toml"
+    study = load_study(config)
+    summary = run_study(study, out, workers=workers, resume=True)
+    _print_run_summary(summary, out)
+    _print_headline(out)
+    if not summary.ok:
+        raise typer.Exit(code=1)
 
 
 def main() -> None:  # pragma: no cover - console entry

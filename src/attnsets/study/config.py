@@ -42,7 +42,7 @@ class ThresholdSection(BaseModel):
     min_bag_score: float = Field(default=0.9, ge=0, le=1)
     max_importance: float = Field(default=0.7, ge=0, le=1)
     bag_metric: str = "balanced_accuracy"
-    importance_metric: str = "auroc_per_bag"
+    importance_metric: str = "auroc"
 
 
 class StudyFile(BaseModel):

@@ -82,6 +82,19 @@ class CellRecord:
         return self.finished - self.started
 
 
+def _json_default(value: Any) -> Any:
+    """numpy scalars and arrays in metrics become plain JSON numbers and lists."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=_json_default)
+
+
 def _npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
@@ -150,9 +163,9 @@ class ResultsStore:
             self.db.execute("DELETE FROM cells WHERE cell_id = ?", (record.cell_id,))
             self.db.execute(
                 "INSERT INTO cells VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (record.cell_id, record.study, record.status, json.dumps(record.spec, sort_keys=True),
-                 json.dumps(record.metrics, sort_keys=True, allow_nan=True), record.error,
-                 json.dumps(record.seeds), record.config_hash, json.dumps(record.versions),
+                (record.cell_id, record.study, record.status, _dumps(record.spec),
+                 _dumps(record.metrics), record.error,
+                 _dumps(record.seeds), record.config_hash, _dumps(record.versions),
                  record.started, record.finished, record.seconds))
             self.db.executemany("INSERT INTO arrays VALUES (?,?,?)",
                                 [(record.cell_id, name, _npy_bytes(a))
