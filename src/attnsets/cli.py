@@ -145,9 +145,8 @@ def print_assessment(metrics: dict[str, Any], title: str = "") -> None:
                 caption=f"silent failure = {crit['bag_metric']} >= {crit['min_bag_score']} and "
                         f"{crit['importance_metric']} <= {crit['max_importance']}")
     for col in ("explainer", "AUROC [95% CI]", "AUPRC (chance)", "NDCG@k", "P@k", "AUROC-2",
-                "concentration", "AOPC-R", "misleading bags", "silent members", "ensemble AUROC",
-                "ensemble silent"):
-        imp.add_column(col, justify="right")
+                "mass on witn.", "AOPC-R", "misleading", "silent", "ens. AUROC", "ens. silent"):
+        imp.add_column(col, justify="right", no_wrap=True)
     for method, mean in metrics["member_mean"].items():
         if method == "bag":
             continue
@@ -328,4 +327,6 @@ def demo(
 
 
 def main() -> None:  # pragma: no cover - console entry
+    app()
+if __name__ == "__main__":  # python -m attnsets.cli
     app()

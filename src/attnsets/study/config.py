@@ -207,50 +207,66 @@ def _check_explainers(names: list[str]) -> list[SpecError]:
             for i, n in enumerate(names) if n not in EXPLAINERS]
 
 
+def _entries(raw: dict[str, Any], section: str) -> list[dict[str, Any]]:
+    value = raw.get(section)
+    return [e for e in value if isinstance(e, dict)] if isinstance(value, list) else []
+
+
 def validate_config(raw: dict[str, Any]) -> StudyConfig:
     """Validate a whole study config; raise SpecErrors with every problem found."""
     errors: list[SpecError] = []
+    file: StudyFile | None = None
+    if not isinstance(raw, dict):
+        raise SpecErrors([SpecError("config", raw, f"a table with sections {list(STUDY_SECTIONS)}")])
     try:
         file = StudyFile.model_validate(raw)
     except ValidationError as err:
-        raise SpecErrors(_pydantic_errors(err)) from None
-    for section, entries in (("datasets", file.datasets), ("models", file.models)):
-        names = [e.get("name") for e in entries]
+        errors += _pydantic_errors(err)
+    for section in ("datasets", "models"):
+        names = [e.get("name") for e in _entries(raw, section)]
         for i, name in enumerate(names):
             if not isinstance(name, str) or not name:
                 errors.append(SpecError(f"{section}[{i}].name", name, "a non-empty name"))
             elif names.index(name) != i:
                 errors.append(SpecError(f"{section}[{i}].name", name, "a name not used before"))
-    for key in file.grid:
+    grid = raw.get("grid", {}) if isinstance(raw.get("grid", {}), dict) else {}
+    grid_ok = True
+    for key, values in grid.items():
         if key.split(".")[0] not in GRID_ROOTS or "." not in key:
-            errors.append(SpecError(f"grid.{key}", file.grid[key],
+            errors.append(SpecError(f"grid.{key}", values,
                                     f"a dotted path starting with one of {list(GRID_ROOTS)}"))
-        elif not file.grid[key]:
-            errors.append(SpecError(f"grid.{key}", [], "a non-empty list of values"))
-    sizes = file.study.ensemble_sizes or []
-    for i, k in enumerate(sizes):
-        if not 1 <= k <= file.study.members:
-            errors.append(SpecError(f"study.ensemble_sizes[{i}]", k,
-                                    f"sizes in 1..study.members ({file.study.members})"))
-    errors += _check_explainers(file.study.explainers)
-    if not errors:
-        for variant_raw, _ in expand_grid(raw, file.grid):
-            variant = StudyFile.model_validate(variant_raw)
-            for i, entry in enumerate(variant.datasets):
-                errors += [e.with_prefix(f"datasets[{i}]") for e in _check_dataset(entry)]
-            for i, entry in enumerate(variant.models):
-                errors += [e.with_prefix(f"models[{i}]") for e in _check_model(entry)]
-            errors += [e.with_prefix("training") for e in _check_training(variant.training)]
+            grid_ok = False
+        elif not isinstance(values, list) or not values:
+            errors.append(SpecError(f"grid.{key}", values, "a non-empty list of values"))
+            grid_ok = False
+    study = raw.get("study") if isinstance(raw.get("study"), dict) else {}
+    explainers = study.get("explainers", [])
+    if isinstance(explainers, list) and all(isinstance(e, str) for e in explainers):
+        errors += _check_explainers(explainers)
+    if file is not None:
+        for i, k in enumerate(file.study.ensemble_sizes or []):
+            if not 1 <= k <= file.study.members:
+                errors.append(SpecError(f"study.ensemble_sizes[{i}]", k,
+                                        f"sizes in 1..study.members ({file.study.members})"))
+    for variant_raw, _ in expand_grid(raw, grid if grid_ok else {}):
+        for i, entry in enumerate(_entries(variant_raw, "datasets")):
+            errors += [e.with_prefix(f"datasets[{i}]") for e in _check_dataset(entry)]
+        for i, entry in enumerate(_entries(variant_raw, "models")):
+            errors += [e.with_prefix(f"models[{i}]") for e in _check_model(entry)]
+        if isinstance(variant_raw.get("training", {}), dict):
+            errors += [e.with_prefix("training") for e in _check_training(variant_raw.get("training", {}))]
     unique: dict[str, SpecError] = {str(e): e for e in errors}
     if unique:
         raise SpecErrors(unique.values())
+    assert file is not None
     digest = hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return StudyConfig(raw, file, digest)
 
 
 def expand_grid(raw: dict[str, Any], grid: dict[str, list[Any]]) -> list[tuple[dict[str, Any], str]]:
     """Every combination of grid values applied to the config, with a readable variant name."""
-    if not grid:
+    if not grid or any(not _entries(raw, k.split(".")[0]) for k in grid
+                       if k.split(".")[0] in ("datasets", "models")):
         return [(raw, "")]
     keys = sorted(grid)
     variants = []

@@ -1,0 +1,121 @@
+"""The assessment pipeline: silent failures are caught, good attention is not flagged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from attnsets.assess import AssessSpec, assess
+from attnsets.cli import app
+from attnsets.data import DatasetSpec, make_dataset
+from attnsets.models import InputInfo, SetModel, SetOutput, masked_softmax
+from attnsets.study.cell import train_and_assess
+
+KEY = 2
+
+
+@pytest.fixture(scope="module")
+def dataset():  # type: ignore[no-untyped-def]
+    return make_dataset(DatasetSpec.from_dict({
+        "pool": {"name": "gaussian", "num_concepts": 4, "dim": 8, "separation": 12.0},
+        "rule": {"name": "presence", "key": KEY},
+        "bags": {"train": 20, "val": 40, "test": 60},
+        "bag_size": {"kind": "uniform", "low": 6, "high": 12}, "seed": 3,
+    }))
+
+
+class KeyDetector(nn.Module):
+    """Predicts presence exactly (max projection on the key concept's mean) while its attention
+    follows `sign` x that projection: +1 points at the witnesses, -1 points away from them."""
+
+    def __init__(self, key_mean: np.ndarray, sign: float) -> None:
+        super().__init__()
+        direction = torch.as_tensor(key_mean, dtype=torch.float32)
+        self.register_buffer("direction", direction / direction.norm())
+        self.threshold = float(np.linalg.norm(key_mean)) / 2
+        self.sign = sign
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> SetOutput:
+        keyness = h @ self.direction  # (B, N)
+        strongest = keyness.masked_fill(~mask, -torch.inf).amax(dim=1) - self.threshold
+        logits = torch.stack([-strongest, strongest], dim=-1)
+        attention = masked_softmax(self.sign * keyness, mask)
+        return SetOutput(logits, attention, attention[:, None], attention)
+
+
+def handcrafted(dataset, sign: float) -> SetModel:  # type: ignore[no-untyped-def]
+    key_mean = np.asarray(dataset.metadata["means"])[KEY]
+    return SetModel(nn.Identity(), KeyDetector(key_mean, sign), info=InputInfo.from_dataset(dataset))
+
+
+def test_attention_pointing_away_from_witnesses_is_a_silent_failure(dataset) -> None:  # type: ignore[no-untyped-def]
+    result = assess([handcrafted(dataset, -1.0)], dataset, AssessSpec(explainers=("attention",),
+                                                                       bootstrap=0))
+    metrics = result.metrics
+    assert metrics["member_mean"]["bag"]["balanced_accuracy"] >= 0.95
+    assert metrics["member_mean"]["attention"]["auroc"] < 0.2
+    assert metrics["members"]["silent"]["attention"] == [True]
+    assert metrics["ensemble"]["attention"]["silent"] == 1.0
+    # Every correctly classified positive bag puts its top attention on a non-witness.
+    assert metrics["member_mean"]["attention"]["misleading_rate"] > 0.4
+
+
+def test_attention_on_the_witnesses_is_not_flagged(dataset) -> None:  # type: ignore[no-untyped-def]
+    result = assess([handcrafted(dataset, +1.0)], dataset, AssessSpec(explainers=("attention",),
+                                                                      bootstrap=0))
+    metrics = result.metrics
+    assert metrics["member_mean"]["attention"]["auroc"] > 0.95
+    assert metrics["members"]["silent"]["attention"] == [False]
+    assert metrics["member_mean"]["attention"]["misleading_rate"] == 0.0
+
+
+def test_ensembling_a_bad_member_with_good_ones_recovers_the_witnesses(dataset) -> None:  # type: ignore[no-untyped-def]
+    members = [handcrafted(dataset, s) for s in (+1.0, +1.0, -1.0)]
+    metrics = assess(members, dataset, AssessSpec(explainers=("attention",), bootstrap=0,
+                                                  combine="mean_rank")).metrics
+    assert metrics["members"]["silent"]["attention"] == [False, False, True]
+    assert metrics["ensemble"]["attention"]["auroc"] > 0.9
+    curve = metrics["curve"]["attention"]
+    assert [row["k"] for row in curve] == [1, 2, 3]
+    assert curve[0]["p_fail"] == pytest.approx(1 / 3)
+    assert curve[-1]["p_fail"] == 0.0
+
+
+def test_trained_ensemble_report_is_complete_and_json_ready(dataset) -> None:  # type: ignore[no-untyped-def]
+    spec = AssessSpec(explainers=("attention", "gradient", "leave_one_out", "random", "rollout"),
+                      bootstrap=20, curve_subsets=5)
+    assessment, training = train_and_assess(
+        dataset.spec.to_dict(), {"pooling": "attention", "embed_dim": 8}, {"epochs": 3},
+        [0, 1], spec)
+    metrics = assessment.metrics
+    assert metrics["not_applicable"] == {"rollout": "does not apply to pooling 'attention'"}
+    assert set(metrics["member_mean"]) == {"bag", "attention", "gradient", "leave_one_out", "random"}
+    assert len(metrics["members"]["bag"]) == 2 and len(training["epochs_run"]) == 2
+    assert assessment.arrays["scores/attention"].shape == (2, *assessment.arrays["mask"].shape)
+    assert np.all(assessment.arrays["scores/attention"][:, ~assessment.arrays["mask"]] == 0)
+    json.loads(json.dumps(metrics))  # NaN allowed, nothing unserialisable
+
+
+def test_evaluate_command_prints_tables(tmp_path: Path) -> None:
+    config = tmp_path / "d.toml"
+    config.write_text(
+        "[dataset]\nbags = {train = 40, val = 20, test = 20}\n"
+        "[dataset.pool]\nname = 'gaussian'\ndim = 4\nnum_concepts = 4\n"
+        "[dataset.rule]\nname = 'poison'\nkey = 1\npoison = 0\n"
+        "[model]\npooling = 'gated_attention'\nembed_dim = 8\n"
+        "[training]\nepochs = 2\n")
+    out = tmp_path / "m.json"
+    result = CliRunner().invoke(app, ["evaluate", str(config), "--members", "2", "--explainers",
+                                      "attention,random", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    for text in ("bag metrics", "attention", "random", "ens. silent", "algorithmic unit test"):
+        assert text in result.output
+    assert json.loads(out.read_text())["n_members"] == 2
+    bad = CliRunner().invoke(app, ["evaluate", str(config), "--explainers", "telepathy"])
+    assert bad.exit_code == 2 and "telepathy" in bad.output

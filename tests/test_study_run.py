@@ -1,0 +1,211 @@
+"""Running studies: end to end, failures recorded, kill -9 + resume, Ray == local."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from attnsets.cli import app
+from attnsets.models import POOLINGS
+from attnsets.study.config import validate_config
+from attnsets.study.results import results_frame
+from attnsets.study.runner import StudyExistsError, run_study
+from attnsets.study.store import ResultsStore
+
+runner = CliRunner()
+
+
+def tiny(cells_per_model: int = 2, name: str = "tiny") -> dict[str, Any]:
+    return {
+        "study": {"name": name, "seeds": list(range(cells_per_model)), "members": 2,
+                  "explainers": ["attention", "random"], "bootstrap": 10, "curve_subsets": 3},
+        "training": {"epochs": 2, "batch_size": 8},
+        "datasets": [{"name": "g", "pool": {"name": "gaussian", "dim": 4, "num_concepts": 4},
+                      "rule": {"name": "presence", "key": 1},
+                      "bags": {"train": 24, "val": 12, "test": 12},
+                      "bag_size": {"kind": "uniform", "low": 4, "high": 8}}],
+        "models": [{"name": "att", "pooling": "attention", "embed_dim": 8}],
+    }
+
+
+def comparable(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """cell_id -> metrics without wall-clock fields."""
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if "seconds" not in k and k != "wall_time"}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        if isinstance(value, float) and math.isnan(value):
+            return "nan"
+        return value
+    return {r["cell_id"]: (r["status"], strip(r["metrics"])) for r in records}
+
+
+def test_tiny_study_end_to_end_and_results_export(tmp_path: Path) -> None:
+    raw = tiny()
+    raw["models"].append({"name": "mean", "pooling": "mean", "embed_dim": 8})
+    summary = run_study(validate_config(raw), tmp_path, show_progress=False)
+    assert (summary.total, summary.done, summary.failed) == (4, 4, 0)
+    frame = results_frame(tmp_path)
+    assert len(frame) == 4 and set(frame["model"]) == {"att", "mean"}
+    assert frame.loc[frame["model"] == "mean", "headline.attention.auroc"].isna().all()
+    assert frame.loc[frame["model"] == "att", "headline.attention.auroc"].notna().all()
+    assert (tmp_path / "study.log").read_text().count("done ") == 4
+    store = ResultsStore(tmp_path)
+    record = store.records()[0]
+    assert record["versions"]["torch"] == torch.__version__
+    assert set(record["spec"]) >= {"dataset", "model", "training", "seeds", "cell_id"}
+    cell = frame.loc[frame["model"] == "att", "cell_id"].iloc[0]
+    assert store.arrays(cell)["scores/attention"].shape[0] == 2
+    for suffix in ("csv", "parquet"):
+        out = tmp_path / f"table.{suffix}"
+        result = runner.invoke(app, ["results", str(tmp_path), "--export", str(out)])
+        assert result.exit_code == 0, result.output
+        back = pd.read_csv(out) if suffix == "csv" else pd.read_parquet(out)
+        assert len(back) == 4 and "headline.bag_accuracy" in back.columns
+    # The same store without --resume is refused; with --resume nothing is redone.
+    with pytest.raises(StudyExistsError, match="--resume"):
+        run_study(validate_config(raw), tmp_path, show_progress=False)
+    again = run_study(validate_config(raw), tmp_path, resume=True, show_progress=False)
+    assert (again.skipped, again.done) == (4, 0)
+
+
+@POOLINGS.register("exploding_test_pooling", overwrite=True)
+class ExplodingPooling(nn.Module):
+    """A user plugin that fails at run time."""
+
+    def __init__(self, in_dim: int, n_classes: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_dim, n_classes)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> Any:
+        raise RuntimeError("plugin exploded")
+
+
+def test_a_failing_cell_is_recorded_and_the_study_goes_on(tmp_path: Path) -> None:
+    raw = tiny(cells_per_model=1)
+    raw["models"].append({"name": "boom", "pooling": "exploding_test_pooling", "embed_dim": 8})
+    summary = run_study(validate_config(raw), tmp_path, show_progress=False)
+    assert (summary.done, summary.failed) == (1, 1)
+    assert "plugin exploded" in summary.failures[0][1]
+    failed = [r for r in ResultsStore(tmp_path).records() if r["status"] == "failed"]
+    assert "RuntimeError: plugin exploded" in failed[0]["error"]
+    assert "plugin exploded" in (tmp_path / "study.log").read_text()
+    # --resume retries failed cells only.
+    again = run_study(validate_config(raw), tmp_path, resume=True, show_progress=False)
+    assert (again.skipped, again.failed) == (1, 1)
+
+
+def test_bad_config_is_rejected_before_anything_is_written(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[study]\nname = 'x'\nmembers = 0\n[[datasets]]\nname = 'd'\n"
+                      "pool = {name = 'nope'}\nrule = {name = 'presence'}\n"
+                      "[[models]]\nname = 'm'\npooling = 'attention'\n")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(config), "--out", str(out)])
+    assert result.exit_code == 2
+    assert "study.members" in result.output and "datasets[0].pool.name" in result.output
+    assert not out.exists()
+
+
+def _toml(raw: dict[str, Any], path: Path) -> Path:
+    lines = []
+    for section in ("study", "training"):
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {_value(v)}" for k, v in raw[section].items()]
+    for section in ("datasets", "models"):
+        for entry in raw[section]:
+            lines.append(f"[[{section}]]")
+            lines += [f"{k} = {_value(v)}" for k, v in entry.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {_value(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, list):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def _done_cells(out: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{out / 'results.sqlite'}?mode=ro", uri=True) as db:
+            return db.execute("SELECT COUNT(*) FROM cells WHERE status='done'").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    raw = tiny(cells_per_model=6, name="killme")
+    raw["training"]["epochs"] = 6
+    config = _toml(raw, tmp_path / "study.toml")
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    command = [sys.executable, "-m", "attnsets.cli", "run", str(config), "--workers", "1"]
+    proc = subprocess.Popen([*command, "--out", str(killed)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while _done_cells(killed) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the study finished before it could be killed; make it longer"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = _done_cells(killed)
+    assert 2 <= partial < 6
+    # The interrupted store is consistent and a plain rerun is refused.
+    refused = subprocess.run([*command, "--out", str(killed)], capture_output=True, text=True)
+    assert refused.returncode == 2 and "--resume" in refused.stderr + refused.stdout
+    resumed = subprocess.run([*command, "--out", str(killed), "--resume"], capture_output=True,
+                             text=True)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"{6 - partial} done, 0 failed, {partial} already done" in resumed.stdout
+    subprocess.run([*command, "--out", str(clean)], check=True, capture_output=True)
+    assert comparable(ResultsStore(killed).records()) == comparable(ResultsStore(clean).records())
+
+
+def test_ray_executor_matches_local(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    raw = tiny(cells_per_model=2)
+    local = run_study(validate_config(copy.deepcopy(raw)), tmp_path / "local", workers=2,
+                      show_progress=False)
+    remote = run_study(validate_config(copy.deepcopy(raw)), tmp_path / "ray", workers=2,
+                       executor="ray", show_progress=False)
+    assert local.done == remote.done == 2
+    a = comparable(ResultsStore(tmp_path / "local").records())
+    b = comparable(ResultsStore(tmp_path / "ray").records())
+    assert a.keys() == b.keys()
+    for cell_id in a:
+        assert a[cell_id][0] == b[cell_id][0] == "done"
+        _assert_close(a[cell_id][1], b[cell_id][1])
+
+
+def _assert_close(x: Any, y: Any) -> None:
+    if isinstance(x, dict):
+        assert x.keys() == y.keys()
+        for k in x:
+            _assert_close(x[k], y[k])
+    elif isinstance(x, list):
+        assert len(x) == len(y)
+        for a, b in zip(x, y, strict=True):
+            _assert_close(a, b)
+    elif isinstance(x, float):
+        assert y == pytest.approx(x, abs=1e-6)
+    else:
+        assert x == y
