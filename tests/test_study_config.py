@@ -26,9 +26,37 @@ def minimal() -> dict[str, Any]:
 
 
 def test_shipped_configs_validate() -> None:
-    for name in ("demo.toml",):
+    for name in ("demo.toml", "paper.toml"):
         config = load_study(ROOT / "configs" / name)
         assert study_cells(config)
+    paper = study_cells(load_study(ROOT / "configs" / "paper.toml"))
+    from attnsets.data import RULES
+    from attnsets.models import POOLINGS
+
+    assert {c.dataset["rule"]["name"] for c in paper} == set(RULES.names())
+    assert {c.model["pooling"] for c in paper} == set(POOLINGS.names()) - {"exploding_test_pooling"}
+    assert {c.dataset["pool"]["name"] for c in paper} == {"gaussian", "digits", "sequences", "table"}
+    assert len({c.replicate for c in paper}) >= 10
+
+
+def test_mnist_addon_needs_files_and_names_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from attnsets.data.pools.idx import write_idx
+
+    monkeypatch.delenv("ATTNSETS_DATA_DIR", raising=False)
+    with pytest.raises(SpecErrors, match="ATTNSETS_DATA_DIR"):
+        load_study(ROOT / "configs" / "paper-mnist.toml")
+    rng = np.random.default_rng(0)
+    for folder in ("mnist", "fashion_mnist"):
+        (tmp_path / folder).mkdir()
+        for prefix, n in (("train", 60), ("t10k", 20)):
+            write_idx(tmp_path / folder / f"{prefix}-images-idx3-ubyte.gz",
+                      rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+            write_idx(tmp_path / folder / f"{prefix}-labels-idx1-ubyte.gz",
+                      (np.arange(n) % 10).astype(np.uint8))
+    monkeypatch.setenv("ATTNSETS_DATA_DIR", str(tmp_path))
+    assert study_cells(load_study(ROOT / "configs" / "paper-mnist.toml"))
 
 
 def test_cells_are_the_product_and_ids_are_stable() -> None:

@@ -315,10 +315,7 @@ def demo(
     from attnsets.study.config import load_study
     from attnsets.study.runner import run_study
 
-    config = Path(__file__).resolve().parents[2] / "configs" / "demo.toml"
-    if not config.is_file():  # installed without the repository: use the packaged copy
-        config = Path(__file__).resolve().parent / "configs" / "demo.toml"
-    study = load_study(config)
+    study = load_study(Path(__file__).resolve().parent / "configs" / "demo.toml")
     summary = run_study(study, out, workers=workers, resume=True)
     _print_run_summary(summary, out)
     _print_headline(out)

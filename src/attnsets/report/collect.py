@@ -1,0 +1,214 @@
+"""Read a results store into the shapes the report needs: cells in config order and a long
+per-member table (one row per cell x member x explainer)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from attnsets.errors import SpecError
+from attnsets.study.store import STORE_NAME, ResultsStore
+
+#: The explainer the study is about; the report leads with it whenever the study has it.
+PREFERRED_METHOD = "attention"
+#: A baseline, never the headline explainer unless it is the only one.
+BASELINE_METHODS = ("random",)
+DEFAULT_CRITERIA = {"min_bag_score": 0.9, "max_importance": 0.7,
+                    "bag_metric": "balanced_accuracy", "importance_metric": "auroc"}
+
+MEMBER_COLUMNS = [
+    "cell_id", "dataset", "model", "replicate", "member", "seed", "explainer",
+    "bag_score", "bag_accuracy", "bag_balanced_accuracy", "importance", "auroc", "auprc",
+    "auprc_chance", "silent", "aopc_relative", "min_bag_score", "max_importance",
+]
+
+
+@dataclass
+class CellView:
+    """One finished cell. `dataset` is the display label (dataset name, plus the grid variant)."""
+
+    cell_id: str
+    dataset: str
+    model: str
+    replicate: int
+    pool: str
+    rule: str
+    kind: str
+    spec: dict[str, Any]
+    metrics: dict[str, Any]
+    seeds: list[int]
+
+    @property
+    def criteria(self) -> dict[str, Any]:
+        return {**DEFAULT_CRITERIA, **self.metrics.get("criteria", {})}
+
+    @property
+    def methods(self) -> list[str]:
+        """Explainers with per-member results in this cell."""
+        return list(self.metrics.get("members", {}).get("importance", {}))
+
+    @property
+    def n_members(self) -> int:
+        return int(self.metrics.get("n_members", len(self.seeds)))
+
+
+@dataclass
+class StudyView:
+    """Everything read from the store, in a stable order (the config's, else by name)."""
+
+    directory: Path
+    name: str
+    done: list[CellView]
+    failed: list[dict[str, Any]]
+    datasets: list[str]
+    models: list[str]
+    explainers: list[str]
+    method: str | None
+    members: pd.DataFrame
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.done) + len(self.failed)
+
+    def cells(self, dataset: str | None = None, model: str | None = None) -> list[CellView]:
+        return [c for c in self.done if (dataset is None or c.dataset == dataset)
+                and (model is None or c.model == model)]
+
+
+def pool_kind(pool_name: str | None) -> str:
+    """The modality ("image", "sequence", "vector") of a registered pool, "unknown" otherwise."""
+    from attnsets.data.pools import POOLS
+
+    if not pool_name or pool_name not in POOLS:
+        return "unknown"
+    return str(getattr(POOLS.get(pool_name), "kind", "unknown"))
+
+
+def dataset_label(spec: dict[str, Any]) -> str:
+    name = str(spec.get("dataset_name") or spec.get("dataset", {}).get("rule", {}).get("name", "?"))
+    variant = spec.get("variant") or ""
+    return f"{name} [{variant}]" if variant else name
+
+
+def _ordered(found: list[str], preferred: list[str]) -> list[str]:
+    """`found` (unique) in the order of `preferred`, unknown names after them sorted."""
+    unique = list(dict.fromkeys(found))
+    rank = {name: i for i, name in enumerate(preferred)}
+    return sorted(unique, key=lambda n: (rank.get(n, len(rank)), n))
+
+
+def _read_config(directory: Path) -> dict[str, Any]:
+    path = directory / "config.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _as_float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def choose_method(done: list[CellView], explainers: list[str]) -> str | None:
+    """attention when any cell has it, else the first non-baseline explainer, else a baseline."""
+    present = [m for m in explainers if any(m in c.methods for c in done)]
+    if PREFERRED_METHOD in present:
+        return PREFERRED_METHOD
+    informative = [m for m in present if m not in BASELINE_METHODS]
+    return (informative or present or [None])[0]
+
+
+def member_rows(cell: CellView) -> list[dict[str, Any]]:
+    """One row per member x explainer of `cell` (see MEMBER_COLUMNS)."""
+    members = cell.metrics.get("members", {})
+    criteria = cell.criteria
+    bag = members.get("bag", [])
+    rows = []
+    for method, reports in members.get("importance", {}).items():
+        silent = members.get("silent", {}).get(method, [])
+        aopcs = members.get("aopc", {}).get(method, [])
+        for k, report in enumerate(reports):
+            bag_k = bag[k] if k < len(bag) else {}
+            rows.append({
+                "cell_id": cell.cell_id, "dataset": cell.dataset, "model": cell.model,
+                "replicate": cell.replicate, "member": k,
+                "seed": cell.seeds[k] if k < len(cell.seeds) else -1, "explainer": method,
+                "bag_score": _as_float(bag_k.get(criteria["bag_metric"])),
+                "bag_accuracy": _as_float(bag_k.get("accuracy")),
+                "bag_balanced_accuracy": _as_float(bag_k.get("balanced_accuracy")),
+                "importance": _as_float(report.get(criteria["importance_metric"])),
+                "auroc": _as_float(report.get("auroc")), "auprc": _as_float(report.get("auprc")),
+                "auprc_chance": _as_float(report.get("auprc_chance")),
+                "silent": bool(silent[k]) if k < len(silent) else False,
+                "aopc_relative": _as_float(aopcs[k].get("aopc_relative"))
+                if k < len(aopcs) else math.nan,
+                "min_bag_score": float(criteria["min_bag_score"]),
+                "max_importance": float(criteria["max_importance"]),
+            })
+    return rows
+
+
+def load_study(results_dir: str | Path) -> StudyView:
+    """Read `results_dir/results.sqlite`. A missing directory or store raises SpecError."""
+    directory = Path(results_dir)
+    if not directory.is_dir() or not (directory / STORE_NAME).is_file():
+        what = "no such directory" if not directory.is_dir() else f"no {STORE_NAME} inside"
+        raise SpecError("results_dir", str(directory),
+                        f"a study directory holding {STORE_NAME} (written by `attnsets study`); "
+                        f"{what}")
+    store = ResultsStore(directory)
+    try:
+        records = store.records()
+    finally:
+        store.close()
+    config = _read_config(directory)
+    done: list[CellView] = []
+    failed: list[dict[str, Any]] = []
+    for rec in records:
+        if rec["status"] != "done":
+            failed.append(rec)
+            continue
+        spec = rec["spec"]
+        pool = spec.get("dataset", {}).get("pool", {}).get("name", "")
+        done.append(CellView(
+            cell_id=rec["cell_id"], dataset=dataset_label(spec), model=str(spec.get("model_name")),
+            replicate=int(spec.get("replicate", 0)), pool=str(pool),
+            rule=str(spec.get("dataset", {}).get("rule", {}).get("name", "")),
+            kind=pool_kind(pool), spec=spec, metrics=rec["metrics"], seeds=list(rec["seeds"])))
+    config_datasets = [str(d.get("name")) for d in config.get("datasets", [])]
+    config_models = [str(m.get("name")) for m in config.get("models", [])]
+    config_explainers = list(config.get("study", {}).get("explainers", []))
+    every = [*(c.spec for c in done), *(r["spec"] for r in failed)]
+    labels = [dataset_label(s) for s in every]
+    base_rank = {name: i for i, name in enumerate(config_datasets)}
+    datasets = sorted(dict.fromkeys(labels), key=lambda lab: (
+        base_rank.get(lab.split(" [")[0], len(base_rank)), lab))
+    models = _ordered([str(s.get("model_name")) for s in every], config_models)
+    spec_explainers = [m for s in every for m in s.get("explainers", [])]
+    explainers = _ordered([*spec_explainers, *(m for c in done for m in c.methods)],
+                          config_explainers or spec_explainers)
+    rows = [row for cell in done for row in member_rows(cell)]
+    members = pd.DataFrame(rows, columns=MEMBER_COLUMNS)
+    name = str(config.get("study", {}).get("name") or (records[0]["study"] if records else
+                                                       directory.name))
+    return StudyView(directory=directory, name=name, done=done, failed=failed, datasets=datasets,
+                     models=models, explainers=explainers, method=choose_method(done, explainers),
+                     members=members, config=config)
+
+
+def nanmean(values: list[float] | np.ndarray) -> float:
+    """Mean ignoring NaN; NaN (no warning) when nothing is defined."""
+    arr = np.asarray(values, dtype=np.float64)
+    arr = arr[~np.isnan(arr)]
+    return float(arr.mean()) if arr.size else math.nan
