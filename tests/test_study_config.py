@@ -34,7 +34,7 @@ def test_shipped_configs_validate() -> None:
     from attnsets.models import POOLINGS
 
     assert {c.dataset["rule"]["name"] for c in paper} == set(RULES.names())
-    assert {c.model["pooling"] for c in paper} == set(POOLINGS.names()) - {"exploding_test_pooling"}
+    assert {c.model["pooling"] for c in paper} == set(POOLINGS.names())
     assert {c.dataset["pool"]["name"] for c in paper} == {"gaussian", "digits", "sequences", "table"}
     assert len({c.replicate for c in paper}) >= 10
 

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,6 @@ def test_tiny_study_end_to_end_and_results_export(tmp_path: Path) -> None:
     assert (again.skipped, again.done) == (4, 0)
 
 
-@POOLINGS.register("exploding_test_pooling", overwrite=True)
 class ExplodingPooling(nn.Module):
     """A user plugin that fails at run time."""
 
@@ -96,9 +96,17 @@ class ExplodingPooling(nn.Module):
         raise RuntimeError("plugin exploded")
 
 
-def test_a_failing_cell_is_recorded_and_the_study_goes_on(tmp_path: Path) -> None:
+@pytest.fixture
+def exploding_plugin() -> Iterator[str]:
+    POOLINGS.register("exploding_test_pooling")(ExplodingPooling)
+    yield "exploding_test_pooling"
+    POOLINGS.unregister("exploding_test_pooling")
+
+
+def test_a_failing_cell_is_recorded_and_the_study_goes_on(tmp_path: Path, exploding_plugin: str) -> None:
     raw = tiny(cells_per_model=1)
     raw["models"].append({"name": "boom", "pooling": "exploding_test_pooling", "embed_dim": 8})
+    # workers=1 runs in this process, where the plugin is registered.
     summary = run_study(validate_config(raw), tmp_path, show_progress=False)
     assert (summary.done, summary.failed) == (1, 1)
     assert "plugin exploded" in summary.failures[0][1]

@@ -32,6 +32,11 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def unregister(self, name: str) -> None:
+        """Remove `name` (e.g. a plugin registered only for a test)."""
+        self.get(name)
+        del self._items[name]
+
     def get(self, name: str, field: str | None = None) -> T:
         if name not in self._items:
             raise SpecError(field or self.kind, name, f"one of {sorted(self._items)}")

@@ -1,0 +1,460 @@
+"""Figure 4: example bags, one figure per modality in the study.
+
+The test split is regenerated from the cell's dataset spec (same spec => bit-identical bags)
+and checked against the concepts and mask stored with the scores, so the instances drawn are
+exactly the ones that were scored. Cell, members and bags are chosen from the numbers:
+  cell:    prefers the study's headline explainer, then a cell with a silently failing member,
+           then the largest AUROC gap between its best and worst member;
+  members: "good" = highest importance AUROC; "bad" = the silent failure with the lowest AUROC,
+           else the member with the lowest AUROC;
+  bags:    test bags with witnesses and non-witnesses where the two members' per-bag AUROCs
+           differ most (bags small enough to draw whole are preferred).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
+from numpy.lib.stride_tricks import sliding_window_view
+
+from attnsets.data.bags import BagSplit
+from attnsets.metrics import normalise_per_bag, per_bag_auroc
+from attnsets.report.collect import BASELINE_METHODS, CellView, StudyView
+from attnsets.report.style import (
+    OTHER_COLOUR,
+    SCORE_CMAP,
+    WITNESS_COLOUR,
+    new_figure,
+)
+from attnsets.study.store import ResultsStore
+
+#: Most instances drawn for one image / sequence bag (larger bags show the most relevant ones).
+MAX_IMAGES = 12
+MAX_SEQUENCES = 16
+#: Most bags pooled into the PCA scatter of vector data.
+MAX_VECTOR_BAGS = 30
+DECOY_COLOUR = "#56B4E9"
+KIND_TITLES = {"image": "image", "sequence": "sequence", "vector": "vector (gaussian / table)"}
+
+
+@dataclass
+class ExampleChoice:
+    """A cell and the members to contrast in it (bad is None for a one-member cell)."""
+
+    cell: CellView
+    method: str
+    good: int
+    bad: int | None
+    bad_kind: str
+
+    def member_text(self, k: int) -> str:
+        seeds = self.cell.seeds
+        return f"member {k} (seed {seeds[k]})" if k < len(seeds) else f"member {k}"
+
+
+@dataclass
+class Example:
+    kind: str
+    figure: Figure
+    caption: str
+
+
+def _member_values(cell: CellView, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(importance, bag score, silent) per member of `cell` for `method`."""
+    members = cell.metrics["members"]
+    criteria = cell.criteria
+    importance = np.array([r.get(criteria["importance_metric"], math.nan)
+                           for r in members["importance"][method]], dtype=np.float64)
+    bag = np.array([b.get(criteria["bag_metric"], math.nan) for b in members["bag"]],
+                   dtype=np.float64)[:len(importance)]
+    silent = np.array(members.get("silent", {}).get(method, [False] * len(importance)), dtype=bool)
+    return importance, bag, silent
+
+
+def choose_members(cell: CellView, method: str) -> ExampleChoice | None:
+    importance, bag, silent = _member_values(cell, method)
+    if importance.size == 0 or np.isnan(importance).all():
+        return None
+    ranked = np.where(np.isnan(importance), -np.inf, importance)
+    good = int(np.lexsort((-np.nan_to_num(bag, nan=-1.0), -ranked))[0])
+    if importance.size == 1:
+        return ExampleChoice(cell, method, good, None, "")
+    if silent.any():
+        candidates = np.flatnonzero(silent)
+        bad = int(candidates[np.argmin(np.where(np.isnan(importance[candidates]), np.inf,
+                                                importance[candidates]))])
+        kind = "silent failure"
+    else:
+        bad = int(np.argmin(np.where(np.isnan(importance), np.inf, importance)))
+        kind = "lowest-AUROC member"
+    if bad == good:
+        return ExampleChoice(cell, method, good, None, "")
+    return ExampleChoice(cell, method, good, bad, kind)
+
+
+def choose_example(study: StudyView, cells: list[CellView]) -> ExampleChoice | None:
+    """The most telling cell among `cells` (see the module docstring)."""
+    best: tuple[tuple[Any, ...], ExampleChoice] | None = None
+    for cell in cells:
+        usable = [m for m in study.explainers if m in cell.methods]
+        preferred = [m for m in usable if m == study.method] or \
+            [m for m in usable if m not in BASELINE_METHODS]
+        if not preferred:
+            continue
+        choice = choose_members(cell, preferred[0])
+        if choice is None:
+            continue
+        importance, bag, _ = _member_values(cell, choice.method)
+        gap = importance[choice.good] - (importance[choice.bad] if choice.bad is not None else 0)
+        key = (choice.method == study.method, choice.bad_kind == "silent failure",
+               float(np.nan_to_num(gap)), float(np.nan_to_num(np.nanmax(bag), nan=0.0)))
+        if best is None or key > best[0]:
+            best = (key, choice)
+    return best[1] if best else None
+
+
+def regenerate_test_split(cell: CellView, arrays: dict[str, np.ndarray]) -> tuple[BagSplit, Any]:
+    """(test split, pool) rebuilt from the cell's dataset spec; ValueError when it does not
+    match the stored arrays (e.g. a pool file changed since the study ran)."""
+    from attnsets.data import DatasetSpec, make_dataset
+    from attnsets.data.generate import build_pool
+
+    spec = DatasetSpec.from_dict(cell.spec["dataset"])
+    split = make_dataset(spec).test
+    mask = arrays["mask"]
+    same = (len(split) == mask.shape[0] and np.array_equal(mask.sum(axis=1), split.sizes)
+            and np.array_equal(arrays["labels"], split.labels)
+            and np.array_equal(arrays["concepts"][mask], split.concepts))
+    if not same:
+        raise ValueError("the regenerated test split differs from the stored one")
+    return split, build_pool(spec)
+
+
+def _bag_order(choice: ExampleChoice, arrays: dict[str, np.ndarray], limit: int | None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(bag indices best first, per-bag AUROC good, per-bag AUROC bad) over eligible bags."""
+    scores = arrays[f"scores/{choice.method}"].astype(np.float64)
+    mask, evidence = arrays["mask"], arrays["evidence"]
+    good = per_bag_auroc(scores[choice.good], evidence, mask).values
+    bad = per_bag_auroc(scores[choice.bad], evidence, mask).values if choice.bad is not None \
+        else np.zeros_like(good)
+    gap = good - bad
+    eligible = ~np.isnan(gap)
+    if limit is not None and (eligible & (mask.sum(axis=1) <= limit)).any():
+        eligible &= mask.sum(axis=1) <= limit
+    order = np.argsort(-np.where(eligible, gap, -np.inf), kind="stable")
+    return order[: int(eligible.sum())], good, bad
+
+
+def _shown_instances(witness: np.ndarray, good: np.ndarray, bad: np.ndarray,
+                     limit: int) -> np.ndarray:
+    """Indices (in bag order) of at most `limit` instances: witnesses and the highest-scored
+    instances of either member first."""
+    n = len(witness)
+    if n <= limit:
+        return np.arange(n)
+    spread = normalise_per_bag(np.stack([good, bad]), method="rank")
+    priority = 2.0 * witness + spread.max(axis=0)
+    return np.sort(np.argsort(-priority, kind="stable")[:limit])
+
+
+def _sums_to_one(scores: np.ndarray) -> bool:
+    """Attention-like scores (non-negative, summing to 1 over the bag) get a uniform line."""
+    return bool((scores >= 0).all() and abs(float(scores.sum()) - 1.0) < 1e-3)
+
+
+def _member_title(choice: ExampleChoice, k: int, role: str, bag_auroc: float) -> str:
+    importance, bag, _ = _member_values(choice.cell, choice.method)
+    criteria = choice.cell.criteria
+    return (f"{role}: {choice.member_text(k)} — AUROC on this bag {bag_auroc:.2f}, "
+            f"overall {importance[k]:.2f}; bag {criteria['bag_metric'].replace('_', ' ')} "
+            f"{bag[k]:.2f}")
+
+
+def _roles(choice: ExampleChoice) -> list[tuple[int, str]]:
+    roles = [(choice.good, "good" if choice.bad is not None else "only member")]
+    if choice.bad is not None:
+        roles.append((choice.bad, f"bad ({choice.bad_kind})"))
+    return roles
+
+
+def _suptitle(choice: ExampleChoice, bag: int, label: int, names: list[str] | None) -> str:
+    cell = choice.cell
+    label_text = names[label] if names and label < len(names) else str(label)
+    return (f"{cell.dataset} · {cell.model} · replicate {cell.replicate} · test bag {bag} "
+            f"(label {label_text}) · explainer: {choice.method}")
+
+
+# -------------------------------------------------------------------------- images
+def _image_figure(choice: ExampleChoice, split: BagSplit, arrays: dict[str, np.ndarray],
+                  pool: Any) -> tuple[Figure, str] | None:
+    order, good_auroc, bad_auroc = _bag_order(choice, arrays, MAX_IMAGES)
+    if order.size == 0:
+        return None
+    b = int(order[0])
+    bag = split[b]
+    n = len(bag)
+    scores = arrays[f"scores/{choice.method}"][:, b, :n].astype(np.float64)
+    witness = arrays["evidence"][b, :n] > 0
+    bad_scores = scores[choice.bad] if choice.bad is not None else scores[choice.good]
+    shown = _shown_instances(witness, scores[choice.good], bad_scores, MAX_IMAGES)
+    m = len(shown)
+    roles = _roles(choice)
+    width = max(6.5, 0.8 * m + 1.8)
+    cell_height = (width - 1.4) / m
+    figure = new_figure(width, cell_height + 1.45 * len(roles) + 1.1)
+    grid = figure.add_gridspec(1 + len(roles), 1, height_ratios=[cell_height] + [1.45] * len(roles))
+    ax_img = figure.add_subplot(grid[0])
+    images = bag.instances[shown]
+    for i, image in enumerate(images):
+        pixels = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)
+        ax_img.imshow(pixels, cmap="gray_r", extent=(i - 0.45, i + 0.45, 0, 1), aspect="auto",
+                      interpolation="nearest")
+        if witness[shown[i]]:
+            ax_img.add_patch(Rectangle((i - 0.47, -0.05), 0.94, 1.1, fill=False,
+                                       edgecolor=WITNESS_COLOUR, linewidth=2.5))
+    ax_img.set_xlim(-0.5, m - 0.5)
+    ax_img.set_ylim(-0.08, 1.08)
+    ax_img.axis("off")
+    names = list(getattr(pool, "concept_names", []))
+    for r, (k, role) in enumerate(roles):
+        ax = figure.add_subplot(grid[1 + r])
+        bag_value = (good_auroc if k == choice.good else bad_auroc)[b]
+        values = scores[k, shown]
+        ax.bar(np.arange(m), values, width=0.7,
+               color=np.where(witness[shown], WITNESS_COLOUR, OTHER_COLOUR))
+        if _sums_to_one(scores[k]):
+            ax.axhline(1.0 / n, color="black", linestyle="--", linewidth=0.9)
+        ax.set_xlim(-0.5, m - 0.5)
+        ax.set_ylabel(f"{choice.method}\nscore")
+        ax.set_title(_member_title(choice, k, role, bag_value), loc="left", fontsize=9)
+        ax.grid(axis="x", visible=False)
+        concepts = bag.concepts[shown]
+        labels = [names[c] if c < len(names) else str(c) for c in concepts.tolist()]
+        ax.set_xticks(np.arange(m), labels if r == len(roles) - 1 else [])
+    figure.supxlabel("instance (its concept below); witnesses outlined / in orange", fontsize=9)
+    figure.suptitle(_suptitle(choice, b, int(bag.label), names), fontsize=10)
+    handles = [Patch(color=WITNESS_COLOUR, label="witness (supports the label)"),
+               Patch(color=OTHER_COLOUR, label="other instance")]
+    if _sums_to_one(scores[choice.good]):
+        handles.append(Line2D([], [], color="black", linestyle="--",
+                              label=f"uniform weight 1/{n}"))
+    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles))
+    shown_text = f"{m} of {n} instances shown" if m < n else f"all {n} instances"
+    return figure, shown_text
+
+
+# -------------------------------------------------------------------------- sequences
+def _motif_window(tokens: np.ndarray, motif: np.ndarray, max_mismatches: int) -> int | None:
+    """Start of the first window of `tokens` (zero-padded) within `max_mismatches` of `motif`."""
+    length = int((tokens != 0).sum())
+    if length < len(motif):
+        return None
+    windows = sliding_window_view(tokens[:length], len(motif))
+    hits = np.flatnonzero((windows != motif[None, :]).sum(axis=1) <= max_mismatches)
+    return int(hits[0]) if hits.size else None
+
+
+def _sequence_figure(choice: ExampleChoice, split: BagSplit, arrays: dict[str, np.ndarray],
+                     pool: Any) -> tuple[Figure, str] | None:
+    from attnsets.data.pools.sequences import decode
+
+    order, good_auroc, bad_auroc = _bag_order(choice, arrays, MAX_SEQUENCES)
+    if order.size == 0:
+        return None
+    b = int(order[0])
+    bag = split[b]
+    n = len(bag)
+    scores = arrays[f"scores/{choice.method}"][:, b, :n].astype(np.float64)
+    witness = arrays["evidence"][b, :n] > 0
+    bad_scores = scores[choice.bad] if choice.bad is not None else scores[choice.good]
+    shown = _shown_instances(witness, scores[choice.good], bad_scores, MAX_SEQUENCES)
+    m = len(shown)
+    roles = _roles(choice)
+    normalised = normalise_per_bag(scores, method="minmax")[:, shown]
+    tokens = bag.instances[shown]
+    longest = max(int((tokens != 0).sum(axis=1).max()), 1)
+    text_width = 0.17 * longest + 1.6
+    figure = new_figure(text_width + 1.1 * len(roles) + 1.2, 0.3 * m + 2.3)
+    grid = figure.add_gridspec(1, len(roles) + 1,
+                               width_ratios=[0.55] * len(roles) + [text_width])
+    image = None
+    for r, (k, role) in enumerate(roles):
+        ax = figure.add_subplot(grid[0, r])
+        image = ax.imshow(normalised[k][:, None], cmap=SCORE_CMAP, vmin=0, vmax=1, aspect="auto",
+                          extent=(-0.5, 0.5, m - 0.5, -0.5))
+        bag_value = (good_auroc if k == choice.good else bad_auroc)[b]
+        ax.set_title(f"{role.split(' (')[0]}\nAUROC\n{bag_value:.2f}", fontsize=8.5)
+        ax.set_xticks([])
+        ax.set_yticks(np.arange(m), [str(i) for i in shown] if r == 0 else [])
+        ax.grid(False)
+        if r == 0:
+            ax.set_ylabel("instance in bag")
+    ax_text = figure.add_subplot(grid[0, len(roles)])
+    motifs = list(getattr(pool, "motif_tokens", []))
+    max_mismatches = int(getattr(pool, "max_mismatches", 0))
+    for row, tokens_row in enumerate(tokens):
+        letters = decode(tokens_row)
+        concept = int(bag.concepts[shown[row]])
+        if 1 <= concept <= len(motifs):
+            motif = np.asarray(motifs[concept - 1], dtype=np.int64)
+            start = _motif_window(tokens_row, motif, max_mismatches)
+            if start is not None:
+                colour = WITNESS_COLOUR if witness[shown[row]] else DECOY_COLOUR
+                ax_text.add_patch(Rectangle((start - 0.5, row - 0.42), len(motif), 0.84,
+                                            facecolor=colour, alpha=0.45, edgecolor="none"))
+        weight = "bold" if witness[shown[row]] else "normal"
+        for col, letter in enumerate(letters):
+            ax_text.text(col, row, letter, ha="center", va="center", family="monospace",
+                         fontsize=9, fontweight=weight)
+    ax_text.set_xlim(-0.7, longest - 0.3)
+    ax_text.set_ylim(m - 0.5, -0.5)
+    ax_text.set_xticks([])
+    ax_text.set_yticks(np.arange(m), ["witness" if witness[i] else "" for i in shown])
+    ax_text.yaxis.tick_right()
+    ax_text.tick_params(axis="y", length=0, labelcolor=WITNESS_COLOUR)
+    ax_text.grid(False)
+    for side in ("left", "bottom"):
+        ax_text.spines[side].set_visible(False)
+    ax_text.set_title("sequence (implanted motif highlighted)", fontsize=9)
+    if image is not None:
+        figure.colorbar(image, ax=figure.axes[: len(roles)], location="bottom", shrink=0.9,
+                        label="score (min–max\nwithin bag)")
+    figure.suptitle(_suptitle(choice, b, int(bag.label), None), fontsize=10)
+    figure.legend(handles=[Patch(color=WITNESS_COLOUR, alpha=0.45, label="motif of a witness"),
+                           Patch(color=DECOY_COLOUR, alpha=0.45, label="other motif (not a witness)")],
+                  loc="outside lower right", ncols=2)
+    shown_text = f"{m} of {n} sequences shown" if m < n else f"all {n} sequences"
+    return figure, shown_text
+
+
+# -------------------------------------------------------------------------- vectors
+def _pca_2d(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n, d) -> ((n, 2) projection, (2,) explained variance ratios)."""
+    centred = points - points.mean(axis=0, keepdims=True)
+    if centred.shape[1] == 1:
+        return np.hstack([centred, np.zeros_like(centred)]), np.array([1.0, 0.0])
+    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+    variance = singular ** 2
+    ratio = variance[:2] / max(float(variance.sum()), 1e-12)
+    return centred @ vt[:2].T, ratio
+
+
+def _vector_figure(choice: ExampleChoice, split: BagSplit, arrays: dict[str, np.ndarray],
+                   pool: Any) -> tuple[Figure, str] | None:
+    order, good_auroc, bad_auroc = _bag_order(choice, arrays, None)
+    if order.size == 0:
+        return None
+    bags = np.sort(order[:MAX_VECTOR_BAGS])
+    mask = arrays["mask"][bags]
+    scores = arrays[f"scores/{choice.method}"][:, bags].astype(np.float64)
+    normalised = np.stack([normalise_per_bag(s, mask, method="minmax") for s in scores])
+    witness = (arrays["evidence"][bags] > 0)[mask]
+    subset = split.subset(bags)
+    points = subset.instances.reshape(len(subset.instances), -1).astype(np.float64)
+    projected, ratio = _pca_2d(points)
+    roles = _roles(choice)
+    figure = new_figure(3.9 * (1 + len(roles)) + 0.6, 4.3)
+    axes: list[Axes] = figure.subplots(1, 1 + len(roles), sharex=True, sharey=True).tolist()
+    truth = axes[0]
+    truth.scatter(*projected[~witness].T, s=12, color=OTHER_COLOUR, label="other instance",
+                  linewidth=0)
+    truth.scatter(*projected[witness].T, s=22, color=WITNESS_COLOUR, label="witness",
+                  edgecolor="white", linewidth=0.4)
+    truth.set_title(f"ground truth: {int(witness.sum())} witnesses\nin {len(bags)} test bags")
+    truth.legend(loc="best", fontsize=8)
+    scatter = None
+    for ax, (k, role) in zip(axes[1:], roles, strict=True):
+        colour = normalised[k][mask]
+        drawing = np.argsort(colour, kind="stable")  # high scores on top
+        scatter = ax.scatter(projected[drawing, 0], projected[drawing, 1], c=colour[drawing],
+                             cmap=SCORE_CMAP, vmin=0, vmax=1, s=10 + 30 * colour[drawing],
+                             linewidth=0)
+        per_bag = (good_auroc if k == choice.good else bad_auroc)[bags]
+        _, bag_score, _ = _member_values(choice.cell, choice.method)
+        metric = choice.cell.criteria["bag_metric"].replace("_", " ")
+        ax.set_title(f"{role}: {choice.member_text(k)}\nAUROC {np.nanmean(per_bag):.2f} on "
+                     f"these bags; bag {metric} {bag_score[k]:.2f}")
+    for ax in axes:
+        ax.set_xlabel(f"PC 1 ({ratio[0]:.0%} of variance)")
+    axes[0].set_ylabel(f"PC 2 ({ratio[1]:.0%} of variance)")
+    if scatter is not None:
+        figure.colorbar(scatter, ax=axes[1:], label=f"{choice.method} score (min–max within bag)",
+                        shrink=0.85)
+    cell = choice.cell
+    figure.suptitle(f"{cell.dataset} · {cell.model} · replicate {cell.replicate} · "
+                    f"explainer: {choice.method} · PCA of the test instances", fontsize=10)
+    return figure, f"{len(bags)} test bags, {len(points)} instances"
+
+
+DRAWERS = {"image": _image_figure, "sequence": _sequence_figure, "vector": _vector_figure}
+
+
+def _caption(choice: ExampleChoice, shown: str) -> str:
+    importance, bag, _ = _member_values(choice.cell, choice.method)
+    criteria = choice.cell.criteria
+    parts = [f"{choice.cell.dataset} × {choice.cell.model}: {shown}. "
+             f"Good: {choice.member_text(choice.good)}, {choice.method} AUROC "
+             f"{importance[choice.good]:.3f}, bag {criteria['bag_metric'].replace('_', ' ')} "
+             f"{bag[choice.good]:.3f}."]
+    if choice.bad is not None:
+        parts.append(f"Bad ({choice.bad_kind}): {choice.member_text(choice.bad)}, AUROC "
+                     f"{importance[choice.bad]:.3f}, bag score {bag[choice.bad]:.3f}.")
+    return " ".join(parts)
+
+
+def example_figures(study: StudyView, notes: list[str]) -> list[Example]:
+    """One Example per modality present; every modality that cannot be drawn adds a note."""
+    examples: list[Example] = []
+    kinds = list(dict.fromkeys(c.kind for c in study.done))
+    for kind in kinds:
+        cells = [c for c in study.done if c.kind == kind]
+        if kind not in DRAWERS:
+            notes.append(f"Example bags: no drawing for pools of kind {kind!r} "
+                         f"({', '.join(sorted({c.pool for c in cells}))}).")
+            continue
+        choice = choose_example(study, cells)
+        if choice is None:
+            notes.append(f"Example bags ({kind}): no cell has per-instance scores of an "
+                         "informative explainer.")
+            continue
+        store = ResultsStore(study.directory)
+        try:
+            arrays = store.arrays(choice.cell.cell_id)
+        finally:
+            store.close()
+        if f"scores/{choice.method}" not in arrays or "mask" not in arrays:
+            notes.append(f"Example bags ({kind}): the store holds no score arrays for "
+                         f"{choice.cell.dataset} × {choice.cell.model}.")
+            continue
+        try:
+            split, pool = regenerate_test_split(choice.cell, arrays)
+        except Exception as error:  # noqa: BLE001 - e.g. a pool file that is gone
+            notes.append(f"Example bags ({kind}): could not regenerate the test split of "
+                         f"{choice.cell.dataset} ({type(error).__name__}: {error}).")
+            continue
+        drawn = DRAWERS[kind](choice, split, arrays, pool)
+        if drawn is None:
+            notes.append(f"Example bags ({kind}): no test bag of {choice.cell.dataset} holds "
+                         "both witnesses and other instances.")
+            continue
+        figure, shown = drawn
+        examples.append(Example(kind, figure, _caption(choice, shown)))
+    if study.done:
+        absent = [k for k in DRAWERS if k not in kinds]
+        if absent:
+            notes.append("Example bags: the study has no "
+                         + " or ".join(KIND_TITLES[k] for k in absent)
+                         + " datasets, so those example figures are absent.")
+    return examples
+
+
+__all__ = ["Example", "ExampleChoice", "choose_example", "choose_members", "example_figures",
+           "regenerate_test_split"]
