@@ -44,10 +44,7 @@ def write_section(name: str, markdown: str) -> None:
     text = DOC.read_text() if DOC.exists() else HEADER
     block = f"<!-- bench:{name} -->\n{markdown.strip()}\n<!-- /bench:{name} -->"
     pattern = re.compile(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->", re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text)
-    else:
-        text = f"{text.rstrip()}\n\n{block}\n"
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else f"{text.rstrip()}\n\n{block}\n"
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(text)
 

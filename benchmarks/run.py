@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import write_section  # noqa: E402
 
-BENCHMARKS = {"data": "benchmarks.bench_data"}
+BENCHMARKS = {"data": "benchmarks.bench_data", "study": "benchmarks.bench_study"}
 
 
 def main() -> None:

@@ -239,7 +239,7 @@ def _image_figure(choice: ExampleChoice, split: BagSplit, arrays: dict[str, np.n
         concepts = bag.concepts[shown]
         labels = [names[c] if c < len(names) else str(c) for c in concepts.tolist()]
         ax.set_xticks(np.arange(m), labels if r == len(roles) - 1 else [])
-    figure.supxlabel("instance (its concept below); witnesses outlined / in orange", fontsize=9)
+    ax.set_xlabel("concept of each instance (witnesses outlined above, orange bars)")
     figure.suptitle(_suptitle(choice, b, int(bag.label), names), fontsize=10)
     handles = [Patch(color=WITNESS_COLOUR, label="witness (supports the label)"),
                Patch(color=OTHER_COLOUR, label="other instance")]
@@ -281,7 +281,7 @@ def _sequence_figure(choice: ExampleChoice, split: BagSplit, arrays: dict[str, n
     normalised = normalise_per_bag(scores, method="minmax")[:, shown]
     tokens = bag.instances[shown]
     longest = max(int((tokens != 0).sum(axis=1).max()), 1)
-    text_width = 0.17 * longest + 1.6
+    text_width = 0.14 * longest + 0.9
     figure = new_figure(text_width + 1.1 * len(roles) + 1.2, 0.3 * m + 2.3)
     grid = figure.add_gridspec(1, len(roles) + 1,
                                width_ratios=[0.55] * len(roles) + [text_width])
@@ -312,8 +312,9 @@ def _sequence_figure(choice: ExampleChoice, split: BagSplit, arrays: dict[str, n
                                             facecolor=colour, alpha=0.45, edgecolor="none"))
         weight = "bold" if witness[shown[row]] else "normal"
         for col, letter in enumerate(letters):
-            ax_text.text(col, row, letter, ha="center", va="center", family="monospace",
-                         fontsize=9, fontweight=weight)
+            glyph = ax_text.text(col, row, letter, ha="center", va="center",
+                                 family="monospace", fontsize=9, fontweight=weight)
+            glyph.set_in_layout(False)  # letters sit inside the axes; measuring each is slow
     ax_text.set_xlim(-0.7, longest - 0.3)
     ax_text.set_ylim(m - 0.5, -0.5)
     ax_text.set_xticks([])

@@ -103,5 +103,7 @@ def save_figure(figure: Figure, directory: Path, name: str, title: str,
     figure.savefig(buffer, format="png", dpi=PNG_DPI, metadata={"Software": None})
     png_path, svg_path = directory / f"{name}.png", directory / f"{name}.svg"
     png_path.write_bytes(buffer.getvalue())
+    # The layout is fixed by the PNG pass; running it again for the SVG would only cost time.
+    figure.set_layout_engine("none")
     figure.savefig(svg_path, format="svg", metadata={"Date": None, "Creator": None})
     return SavedFigure(name, title, caption, png_path, svg_path, buffer.getvalue())

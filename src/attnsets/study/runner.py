@@ -79,13 +79,15 @@ def _logger(out: Path) -> logging.Logger:
 def run_study(config: StudyConfig, out: str | Path, *, workers: int = 1, executor: str = "local",
               address: str | None = None, resume: bool = False, run_cell: CellFn | None = None,
               show_progress: bool = True,
-              on_record: Callable[[CellRecord], None] | None = None) -> StudySummary:
-    """Run every cell of `config` not yet done in `out`. Only this (driver) process writes."""
+              on_record: Callable[[CellRecord], None] | None = None,
+              only: Callable[[Cell], bool] | None = None) -> StudySummary:
+    """Run every cell of `config` not yet done in `out` (those passing `only`, if given).
+    Only this (driver) process writes."""
     from attnsets.study.cell import evaluate_cell
 
     run_cell = run_cell or evaluate_cell
     out = Path(out)
-    cells = study_cells(config)
+    cells = [c for c in study_cells(config) if only is None or only(c)]
     with ResultsStore.open_for_run(out) as store:
         existing = store.cell_ids()
         if existing and not resume:
