@@ -111,6 +111,8 @@ BAD = [
     ("models.0.pooling", "averaging", "models[0].pooling"),
     ("models.0.pooling_params", {"nonsense": 1}, "models[0].pooling_params.nonsense"),
     ("models.0.embed_dim", 0, "models[0].embed_dim"),
+    ("models.0.per_encoder", {"cnn": {"chanels": [4]}}, "models[0].per_encoder.cnn.chanels"),
+    ("models.0.per_encoder", {"gpt": {}}, "models[0].per_encoder.gpt"),
     ("models", [], "models"),
     ("grid", {"nowhere.x": [1]}, "grid.nowhere.x"),
 ]
@@ -132,3 +134,14 @@ def test_all_problems_reported_at_once() -> None:
         validate_config(raw)
     assert {"training.lr", "models[0].pooling", "datasets[0].rule.key"} <= \
         {e.field for e in info.value.errors}
+
+
+def test_per_encoder_params_apply_only_to_their_encoder() -> None:
+    from attnsets.models import InputInfo, ModelSpec, build_model
+
+    spec = ModelSpec(embed_dim=8, per_encoder={"cnn": {"channels": [3, 5]}, "mlp": {"hidden": 7}})
+    image = build_model(spec, InputInfo("image", (1, 8, 8), 2))
+    vector = build_model(spec, InputInfo("vector", (4,), 2))
+    conv_channels = [m.out_channels for m in image.encoder.modules() if hasattr(m, "out_channels")]
+    assert conv_channels == [3, 5]
+    assert [m.out_features for m in vector.encoder.modules() if hasattr(m, "out_features")] == [7, 8]

@@ -71,15 +71,24 @@ class ModelSpec:
     embed_dim: int = 64
     pooling_params: dict[str, Any] = field(default_factory=dict)
     encoder_params: dict[str, Any] = field(default_factory=dict)
+    #: Parameters per encoder name, used only when that encoder is picked: one model entry can
+    #: serve vector, image and sequence datasets (e.g. {"cnn": {"channels": [8, 16]}}).
+    per_encoder: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.embed_dim, int) or self.embed_dim < 1:
             raise SpecError("embed_dim", self.embed_dim, "an integer >= 1")
+        for name, params in self.per_encoder.items():
+            if name not in ENCODERS:
+                raise SpecError(f"per_encoder.{name}", params, f"encoder names {ENCODERS.names()}")
+            if not isinstance(params, dict):
+                raise SpecError(f"per_encoder.{name}", params, "a table of encoder parameters")
 
     def to_dict(self) -> dict[str, Any]:
         return {"pooling": self.pooling, "encoder": self.encoder, "embed_dim": self.embed_dim,
                 "pooling_params": dict(self.pooling_params),
-                "encoder_params": dict(self.encoder_params)}
+                "encoder_params": dict(self.encoder_params),
+                "per_encoder": {k: dict(v) for k, v in self.per_encoder.items()}}
 
 
 class SetModel(nn.Module):
@@ -120,8 +129,9 @@ def build_model(spec: ModelSpec, info: InputInfo, seed: int | None = None) -> Se
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
+        params = {**spec.per_encoder.get(encoder_name, {}), **spec.encoder_params}
         encoder = construct(encoder_cls, "model.encoder_params",
-                            {"info": info, "out_dim": spec.embed_dim}, spec.encoder_params)
+                            {"info": info, "out_dim": spec.embed_dim}, params)
         pooling = construct(pooling_cls, "model.pooling_params",
                             {"in_dim": spec.embed_dim, "n_classes": info.n_classes},
                             spec.pooling_params)

@@ -329,9 +329,9 @@ def _sequence_figure(choice: ExampleChoice, split: BagSplit, arrays: dict[str, n
         figure.colorbar(image, ax=figure.axes[: len(roles)], location="bottom", shrink=0.9,
                         label="score (min–max\nwithin bag)")
     figure.suptitle(_suptitle(choice, b, int(bag.label), None), fontsize=10)
-    figure.legend(handles=[Patch(color=WITNESS_COLOUR, alpha=0.45, label="motif of a witness"),
-                           Patch(color=DECOY_COLOUR, alpha=0.45, label="other motif (not a witness)")],
-                  loc="outside lower right", ncols=2)
+    handles = [Patch(color=WITNESS_COLOUR, alpha=0.45, label="motif of a witness"),
+               Patch(color=DECOY_COLOUR, alpha=0.45, label="other motif (not a witness)")]
+    figure.legend(handles=handles, loc="outside lower right", ncols=2)
     shown_text = f"{m} of {n} sequences shown" if m < n else f"all {n} sequences"
     return figure, shown_text
 

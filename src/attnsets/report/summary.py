@@ -57,9 +57,10 @@ def _silent(study: StudyView, headline: pd.DataFrame) -> list[str]:
     if method is None or rows.empty:
         return []
     criteria = study.done[0].criteria
-    rule = (f"bag {criteria['bag_metric'].replace('_', ' ')} ≥ {fmt(criteria['min_bag_score'])} "
+    first = rows.iloc[0]
+    rule = (f"bag {criteria['bag_metric'].replace('_', ' ')} ≥ {fmt(first['min_bag_score'])} "
             f"while {method} importance {criteria['importance_metric'].upper()} ≤ "
-            f"{fmt(criteria['max_importance'])}")
+            f"{fmt(first['max_importance'])}")
     lines = []
     failing = rows[rows["silent_failures"] > 0]
     if failing.empty:
@@ -71,8 +72,8 @@ def _silent(study: StudyView, headline: pd.DataFrame) -> list[str]:
                          "not occur; train longer or on more bags to test it.")
         else:
             lines.append(f"No trained member failed silently ({rule}); {accurate} of {total} "
-                         "members reached the bag threshold, and none of those had an importance at "
-                         "or below the threshold.")
+                         "members reached the bag threshold, and none of those had an "
+                         "importance at or below the threshold.")
     else:
         for model in [m for m in study.models if m in set(failing["model"])]:
             mine = failing[failing["model"] == model]

@@ -21,7 +21,8 @@ HEADLINE_COLUMNS = [
     "bag_accuracy", "bag_balanced_accuracy", "ensemble_bag_accuracy",
     "importance_auroc", "importance_auroc_ci_low", "importance_auroc_ci_high",
     "importance_auprc", "importance_auprc_ci_low", "importance_auprc_ci_high", "auprc_chance",
-    "ci_source", "members_accurate", "silent_failures", "silent_rate",
+    "ci_source", "min_bag_score", "max_importance", "members_accurate", "silent_failures",
+    "silent_rate",
     "ensemble_auroc", "ensemble_gain", "ensemble_k", "p_fail_single", "p_fail_ensemble",
     "unit_test_flagged_rate", "note",
 ]
@@ -86,7 +87,8 @@ def _headline_row(study: StudyView, dataset: str, model: str, method: str | None
     row["unit_test_flagged_rate"] = nanmean(flagged) if flagged else math.nan
     with_method = [c for c in cells if method in c.methods]
     if method is None or not with_method:
-        reasons = sorted({c.metrics.get("not_applicable", {}).get(method, "") for c in cells} - {""})
+        reasons = sorted({c.metrics.get("not_applicable", {}).get(method, "")
+                          for c in cells} - {""})
         row["note"] = f"{method}: {'; '.join(reasons) or 'not computed'}" if method else \
             "no explainer results"
         return row
@@ -105,6 +107,8 @@ def _headline_row(study: StudyView, dataset: str, model: str, method: str | None
         for metric in ("auroc", "auprc"):
             row[f"importance_{metric}_ci_low"] = float(report.get(f"{metric}_ci_low", math.nan))
             row[f"importance_{metric}_ci_high"] = float(report.get(f"{metric}_ci_high", math.nan))
+    row["min_bag_score"] = float(data["min_bag_score"].iloc[0])
+    row["max_importance"] = float(data["max_importance"].iloc[0])
     row["members_accurate"] = int((data["bag_score"] >= data["min_bag_score"]).sum())
     row["silent_failures"] = int(data["silent"].sum())
     row["silent_rate"] = float(data["silent"].mean()) if len(data) else math.nan

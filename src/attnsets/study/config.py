@@ -172,9 +172,11 @@ def _check_model(entry: dict[str, Any]) -> list[SpecError]:
     except SpecError as err:
         return [SpecError(err.field.lstrip("."), err.value, err.allowed)]
     errors: list[SpecError] = []
-    for field_name, registry, name, params in (
-            ("encoder", ENCODERS, spec.encoder, spec.encoder_params),
-            ("pooling", POOLINGS, spec.pooling, spec.pooling_params)):
+    checks = [("encoder", ENCODERS, spec.encoder, spec.encoder_params),
+              ("pooling", POOLINGS, spec.pooling, spec.pooling_params)]
+    checks += [(f"per_encoder.{name}", ENCODERS, name, params)
+               for name, params in spec.per_encoder.items()]
+    for field_name, registry, name, params in checks:
         if name is None:
             continue
         if name not in registry:
@@ -184,8 +186,8 @@ def _check_model(entry: dict[str, Any]) -> list[SpecError]:
         allowed = [p for p in signature.parameters if p not in ("info", "out_dim", "in_dim", "n_classes")]
         for param in params:
             if param not in allowed:
-                errors.append(SpecError(f"{field_name}_params.{param}", params[param],
-                                        f"parameters {allowed}"))
+                where = f"{field_name}.{param}" if "." in field_name else f"{field_name}_params.{param}"
+                errors.append(SpecError(where, params[param], f"parameters {allowed}"))
     return errors
 
 
