@@ -45,6 +45,9 @@ MANIFEST_NAME = "manifest.json"
 FIGURE_DIR = "figures"
 TABLE_DIR = "tables"
 
+#: Rows of the cells table shown in the page (failed cells are always all shown).
+MAX_CELL_ROWS = 60
+
 Progress = Callable[[str], None]
 
 
@@ -72,8 +75,7 @@ def headline_display(headline: pd.DataFrame) -> pd.DataFrame:
             f"{fmt(r.p_fail_single)} → {fmt(r.p_fail_ensemble)}"
         rows.append({
             "dataset": r.dataset, "model": r.model, "cells": r.cells, "members": r.members,
-            "bag accuracy": r.bag_accuracy, "bag balanced accuracy": r.bag_balanced_accuracy,
-            "explainer": r.explainer,
+            "bag balanced accuracy": r.bag_balanced_accuracy,
             "importance AUROC [95% CI]": _with_ci(r.importance_auroc, r.importance_auroc_ci_low,
                                                   r.importance_auroc_ci_high),
             "importance AUPRC [95% CI]": _with_ci(r.importance_auprc, r.importance_auprc_ci_low,
@@ -182,6 +184,11 @@ def _render(study: StudyView, staging: Path, progress: Progress) -> None:
             else:
                 keep(figure, name, title, caption)
     method = study.method or "–"
+    failed_first = cells.sort_values("status", key=lambda s: s != "failed", kind="stable")
+    cells_shown = failed_first.head(max(MAX_CELL_ROWS, int((cells["status"] != "done").sum())))
+    cells_caption = "Every cell in the store with its status." if len(cells_shown) == len(cells) \
+        else (f"Failed cells first; showing {len(cells_shown)} of {len(cells)} cells (all of "
+              "them are in the CSV).")
     tables = [
         TableBlock("headline", "Headline: rule × model",
                    f"Means over replicate cells; importance columns refer to {method} and "
@@ -195,8 +202,7 @@ def _render(study: StudyView, staging: Path, progress: Progress) -> None:
                    "Per explainer over the cells where it ran: mean (sd) of the members' mean "
                    "importance AUROC, ranked; mean rank within a cell compares explainers on "
                    "the same models and data.", ranking, files["ranking"]),
-        TableBlock("cells", "Cells", "Every cell in the store with its status.", cells,
-                   files["cells"]),
+        TableBlock("cells", "Cells", cells_caption, cells_shown, files["cells"]),
     ]
     progress("report.html")
     downloads = [("ensemble-size curve data", files["curves"]),

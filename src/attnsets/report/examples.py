@@ -41,6 +41,8 @@ MAX_SEQUENCES = 16
 #: Most bags pooled into the PCA scatter of vector data.
 MAX_VECTOR_BAGS = 30
 DECOY_COLOUR = "#56B4E9"
+SILENT = "silent failure"
+TIED = "same AUROC as the best"
 KIND_TITLES = {"image": "image", "sequence": "sequence", "vector": "vector (gaussian / table)"}
 
 
@@ -86,16 +88,16 @@ def choose_members(cell: CellView, method: str) -> ExampleChoice | None:
     good = int(np.lexsort((-np.nan_to_num(bag, nan=-1.0), -ranked))[0])
     if importance.size == 1:
         return ExampleChoice(cell, method, good, None, "")
-    if silent.any():
-        candidates = np.flatnonzero(silent)
-        bad = int(candidates[np.argmin(np.where(np.isnan(importance[candidates]), np.inf,
-                                                importance[candidates]))])
-        kind = "silent failure"
+    others = np.delete(np.arange(importance.size), good)
+    silent_others = others[silent[others]]
+    pool = silent_others if silent_others.size else others
+    bad = int(pool[np.argmin(np.where(np.isnan(importance[pool]), np.inf, importance[pool]))])
+    if silent_others.size:
+        kind = SILENT
+    elif importance[bad] == importance[good]:
+        kind = TIED
     else:
-        bad = int(np.argmin(np.where(np.isnan(importance), np.inf, importance)))
         kind = "lowest-AUROC member"
-    if bad == good:
-        return ExampleChoice(cell, method, good, None, "")
     return ExampleChoice(cell, method, good, bad, kind)
 
 
@@ -113,7 +115,7 @@ def choose_example(study: StudyView, cells: list[CellView]) -> ExampleChoice | N
             continue
         importance, bag, _ = _member_values(cell, choice.method)
         gap = importance[choice.good] - (importance[choice.bad] if choice.bad is not None else 0)
-        key = (choice.method == study.method, choice.bad_kind == "silent failure",
+        key = (choice.method == study.method, choice.bad_kind == SILENT,
                float(np.nan_to_num(gap)), float(np.nan_to_num(np.nanmax(bag), nan=0.0)))
         if best is None or key > best[0]:
             best = (key, choice)
@@ -170,19 +172,24 @@ def _sums_to_one(scores: np.ndarray) -> bool:
     return bool((scores >= 0).all() and abs(float(scores.sum()) - 1.0) < 1e-3)
 
 
+def _short_metric(name: str) -> str:
+    return {"balanced_accuracy": "bal. acc.", "accuracy": "acc."}.get(name, name.replace("_", " "))
+
+
 def _member_title(choice: ExampleChoice, k: int, role: str, bag_auroc: float) -> str:
     importance, bag, _ = _member_values(choice.cell, choice.method)
-    criteria = choice.cell.criteria
-    return (f"{role}: {choice.member_text(k)} — AUROC on this bag {bag_auroc:.2f}, "
-            f"overall {importance[k]:.2f}; bag {criteria['bag_metric'].replace('_', ' ')} "
-            f"{bag[k]:.2f}")
+    metric = _short_metric(choice.cell.criteria["bag_metric"])
+    return (f"{role}: {choice.member_text(k)}\nAUROC on this bag {bag_auroc:.2f}, overall "
+            f"{importance[k]:.2f}; bag {metric} {bag[k]:.2f}")
 
 
 def _roles(choice: ExampleChoice) -> list[tuple[int, str]]:
-    roles = [(choice.good, "good" if choice.bad is not None else "only member")]
-    if choice.bad is not None:
-        roles.append((choice.bad, f"bad ({choice.bad_kind})"))
-    return roles
+    """(member, label) of the members drawn, best first."""
+    if choice.bad is None:
+        return [(choice.good, "only member")]
+    if choice.bad_kind == TIED:
+        return [(choice.good, "best"), (choice.bad, f"other ({TIED})")]
+    return [(choice.good, "good"), (choice.bad, f"bad ({choice.bad_kind})")]
 
 
 def _suptitle(choice: ExampleChoice, bag: int, label: int, names: list[str] | None) -> str:
@@ -207,10 +214,11 @@ def _image_figure(choice: ExampleChoice, split: BagSplit, arrays: dict[str, np.n
     shown = _shown_instances(witness, scores[choice.good], bad_scores, MAX_IMAGES)
     m = len(shown)
     roles = _roles(choice)
-    width = max(6.5, 0.8 * m + 1.8)
-    cell_height = (width - 1.4) / m
-    figure = new_figure(width, cell_height + 1.45 * len(roles) + 1.1)
-    grid = figure.add_gridspec(1 + len(roles), 1, height_ratios=[cell_height] + [1.45] * len(roles))
+    width = max(7.5, 0.8 * m + 1.8)
+    cell_height = min((width - 1.4) / m, 1.3)
+    figure = new_figure(width, cell_height + 1.75 * len(roles) + 1.1)
+    grid = figure.add_gridspec(1 + len(roles), 1, height_ratios=[cell_height] + [1.75] * len(roles))
+    top = float(scores[[k for k, _ in roles]][:, shown].max()) * 1.08
     ax_img = figure.add_subplot(grid[0])
     images = bag.instances[shown]
     for i, image in enumerate(images):
@@ -233,6 +241,8 @@ def _image_figure(choice: ExampleChoice, split: BagSplit, arrays: dict[str, np.n
         if _sums_to_one(scores[k]):
             ax.axhline(1.0 / n, color="black", linestyle="--", linewidth=0.9)
         ax.set_xlim(-0.5, m - 0.5)
+        if top > 0:
+            ax.set_ylim(min(0.0, float(scores[k, shown].min()) * 1.08), top)
         ax.set_ylabel(f"{choice.method}\nscore")
         ax.set_title(_member_title(choice, k, role, bag_value), loc="left", fontsize=9)
         ax.grid(axis="x", visible=False)
@@ -369,7 +379,8 @@ def _vector_figure(choice: ExampleChoice, split: BagSplit, arrays: dict[str, np.
                   linewidth=0)
     truth.scatter(*projected[witness].T, s=22, color=WITNESS_COLOUR, label="witness",
                   edgecolor="white", linewidth=0.4)
-    truth.set_title(f"ground truth: {int(witness.sum())} witnesses\nin {len(bags)} test bags")
+    truth.set_title(f"ground truth\n{int(witness.sum())} witnesses in {len(bags)} test bags\n",
+                    fontsize=9)
     truth.legend(loc="best", fontsize=8)
     scatter = None
     for ax, (k, role) in zip(axes[1:], roles, strict=True):
@@ -380,9 +391,9 @@ def _vector_figure(choice: ExampleChoice, split: BagSplit, arrays: dict[str, np.
                              linewidth=0)
         per_bag = (good_auroc if k == choice.good else bad_auroc)[bags]
         _, bag_score, _ = _member_values(choice.cell, choice.method)
-        metric = choice.cell.criteria["bag_metric"].replace("_", " ")
-        ax.set_title(f"{role}: {choice.member_text(k)}\nAUROC {np.nanmean(per_bag):.2f} on "
-                     f"these bags; bag {metric} {bag_score[k]:.2f}")
+        metric = _short_metric(choice.cell.criteria["bag_metric"])
+        ax.set_title(f"{role}\n{choice.member_text(k)}: AUROC {np.nanmean(per_bag):.2f} on "
+                     f"these bags,\nbag {metric} {bag_score[k]:.2f}", fontsize=9)
     for ax in axes:
         ax.set_xlabel(f"PC 1 ({ratio[0]:.0%} of variance)")
     axes[0].set_ylabel(f"PC 2 ({ratio[1]:.0%} of variance)")

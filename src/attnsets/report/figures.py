@@ -83,10 +83,10 @@ def silent_failure_figure(study: StudyView, palette: Palette) -> Figure | None:
             if points.empty:
                 continue
             ax.scatter(points["importance"], points["bag_score"], s=38, color=palette.model(model),
-                       marker=palette.marker(model), edgecolor="white", linewidth=0.6, alpha=0.9,
-                       zorder=3)
-        ax.set_xlim(-0.02, 1.02)
-        ax.set_ylim(min(0.0, float(sub["bag_score"].min()) - 0.02), 1.03)
+                       marker=palette.marker(model), edgecolor="white", linewidth=0.6, alpha=0.8,
+                       zorder=3, clip_on=False)
+        ax.set_xlim(-0.03, 1.03)
+        ax.set_ylim(min(0.0, float(sub["bag_score"].min())) - 0.03, 1.03)
         ax.set_title(_panel_title(study, dataset))
         ax.set_xlabel(f"{method} importance {metric_label(criteria['importance_metric'])} "
                       "(per member)")

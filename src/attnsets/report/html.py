@@ -60,7 +60,7 @@ def render_table(block: TableBlock) -> str:
     frame = block.display
     if frame.empty:
         return "<p><em>No rows.</em></p>"
-    text_columns = {c for c in frame.columns if frame[c].dtype == object}
+    text_columns = {c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])}
     head = "".join(f'<th class="{"text" if c in text_columns else ""}">{_escape(c)}</th>'
                    for c in frame.columns if not str(c).startswith("_"))
     rows = []

@@ -137,7 +137,15 @@ def _ranking(ranking: pd.DataFrame, method: str | None) -> list[str]:
     if "random" in set(rows["explainer"]) and top["explainer"] != "random":
         baseline = rows[rows["explainer"] == "random"].iloc[0]
         others.append(f"the random baseline scores {fmt(baseline['mean_auroc'])}")
-    return [text + ("; " + "; ".join(others) if others else "") + "."]
+    lines = [text + ("; " + "; ".join(others) if others else "") + "."]
+    silent = _defined(rows, "silent_rate")
+    if (silent["silent_rate"] > 0).any():
+        parts = [f"{r.explainer} {fmt(r.silent_rate)}" for r in silent.itertuples()]
+        lines.append("Mean share of silently failing members per explainer (ranking table): "
+                     + ", ".join(parts)
+                     + (" (random scores show what an uninformative explanation gives)."
+                        if "random" in set(silent["explainer"]) else "."))
+    return lines
 
 
 def _unit_tests(headline: pd.DataFrame) -> list[str]:
