@@ -22,12 +22,15 @@ from attnsets.report.build import FIGURE_DIR, REPORT_NAME, TABLE_DIR
 from attnsets.report.examples import choose_example, regenerate_test_split
 from attnsets.report.figures import distribution_figure, silent_failure_figure
 from attnsets.report.style import Palette, report_style
+from attnsets.report.summary import summary_points
 from attnsets.report.tables import (
     CELL_COLUMNS,
     CURVE_COLUMNS,
     HEADLINE_COLUMNS,
     RANKING_COLUMNS,
+    explainer_ranking,
     fmt,
+    headline_table,
     to_markdown,
 )
 from attnsets.study.config import validate_config
@@ -261,10 +264,16 @@ def test_examples_draw_the_scored_instances(study_dir: Path) -> None:
         for kind in ("image", "sequence", "vector"):
             choice = choose_example(study, [c for c in study.done if c.kind == kind])
             assert choice is not None and choice.method == "attention"
-            reports = choice.cell.metrics["members"]["importance"]["attention"]
-            aurocs = [r["auroc"] for r in reports]
-            assert aurocs[choice.good] == max(aurocs)
-            assert choice.bad is None or aurocs[choice.bad] == min(aurocs)
+            members = choice.cell.metrics["members"]
+            aurocs = np.array([r["auroc"] for r in members["importance"]["attention"]])
+            silent = np.array(members["silent"]["attention"], dtype=bool)
+            assert aurocs[choice.good] == aurocs.max()
+            others = np.delete(np.arange(len(aurocs)), choice.good)
+            if silent[others].any():  # the bad example is the worst silent failure
+                assert choice.bad_kind == "silent failure" and silent[choice.bad]
+                assert aurocs[choice.bad] == aurocs[others][silent[others]].min()
+            else:
+                assert aurocs[choice.bad] == aurocs[others].min()
             arrays = store.arrays(choice.cell.cell_id)
             split, _ = regenerate_test_split(choice.cell, arrays)
             assert np.array_equal(split.labels, arrays["labels"])
@@ -297,6 +306,27 @@ def test_html_is_self_contained_and_states_the_table_numbers(full_report) -> Non
     assert numbers, summary
     assert set(numbers) <= table_values
     assert "6 of 6 cells finished" in summary
+
+
+def test_summary_follows_the_table(study_dir: Path) -> None:
+    study = load_study(study_dir)
+    headline, ranking = headline_table(study), explainer_ranking(study)
+    text = " ".join(summary_points(study, headline, ranking))
+    failing = headline[headline["silent_failures"] > 0]
+    for row in failing.itertuples():
+        assert (f"{row.dataset} ({int(row.silent_failures)} of {row.members} members, rate "
+                f"{fmt(row.silent_rate)})") in text
+    if failing.empty:
+        assert "No trained member failed silently" in text
+    altered = headline.copy()
+    altered["silent_failures"] = altered["silent_failures"] * 0
+    altered["members_accurate"] = altered["members_accurate"] * 0
+    text = " ".join(summary_points(study, altered, ranking))
+    assert "No trained member failed silently" in text and "fails silently" not in text
+    assert "none of the 6 members reached the bag threshold" in text
+    altered.loc[altered["model"] == "att", "members_accurate"] = 1
+    text = " ".join(summary_points(study, altered, ranking))
+    assert "3 of 6 members reached the bag threshold" in text
 
 
 def test_progress_reports_each_stage(full_report) -> None:
@@ -406,6 +436,7 @@ def test_number_format_and_markdown() -> None:
     assert fmt(0.12345) == "0.123" and fmt(0.1, "ensemble_gain") == "+0.100"
     assert fmt(-0.05, "ensemble_gain") == "-0.050" and fmt(3.0, "cells") == "3"
     assert fmt(True) == "yes" and fmt("a|b") == "a|b"
+    assert fmt(-0.0001) == "0.000" and fmt(-0.0001, "ensemble_gain") == "+0.000"
     frame = pd.DataFrame({"model": ["a|b"], "silent_rate": [0.25]})
     assert to_markdown(frame).splitlines() == [
         "| model | silent_rate |", "|---|---|", "| a\\|b | 0.250 |"]

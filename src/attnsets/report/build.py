@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.figure import Figure
 
 import attnsets
 from attnsets.errors import SpecError
@@ -91,7 +92,7 @@ def headline_display(headline: pd.DataFrame) -> pd.DataFrame:
 
 
 def _figure_specs(study: StudyView, curves: pd.DataFrame, palette: Palette
-                  ) -> list[tuple[str, str, str, Callable[[], object]]]:
+                  ) -> list[tuple[str, str, str, Callable[[], Figure | None]]]:
     method = study.method or "importance"
     criteria = study.done[0].criteria if study.done else {}
     n_members = int((study.members["explainer"] == study.method).sum())
@@ -158,23 +159,25 @@ def _render(study: StudyView, staging: Path, progress: Progress) -> None:
     saved: list[tuple[SavedFigure, list[str]]] = []
     figure_dir = staging / FIGURE_DIR
 
-    def keep(figure: object, name: str, title: str, caption: str) -> None:
-        result = save_figure(figure, figure_dir, name, title, caption)  # type: ignore[arg-type]
+    def keep(figure: Figure, label: str, name: str, title: str, caption: str) -> None:
+        result = save_figure(figure, figure_dir, label, name, title, caption)
         saved.append((result, [f"{FIGURE_DIR}/{name}.png", f"{FIGURE_DIR}/{name}.svg"]))
 
     if study.done:
         with report_style():
             specs = _figure_specs(study, curves, palette)
-            for name, title, caption, draw in specs[:3]:
+            for number, (name, title, caption, draw) in enumerate(specs[:3], start=1):
                 progress(f"figure: {name}")
                 figure = draw()
                 if figure is None:
                     notes.append(FIGURE_MISSING[name])
                 else:
-                    keep(figure, name, title, caption)
+                    keep(figure, str(number), name, title, caption)
             progress("figure: example bags")
-            for example in example_figures(study, notes):
-                keep(example.figure, f"example_{example.kind}",
+            examples = example_figures(study, notes)
+            for letter, example in zip("abcdefghij", examples, strict=False):
+                keep(example.figure, f"4{letter}" if len(examples) > 1 else "4",
+                     f"example_{example.kind}",
                      f"Example {example.kind} bag: good vs bad explanation", example.caption)
             name, title, caption, draw = specs[3]
             progress(f"figure: {name}")
@@ -182,7 +185,7 @@ def _render(study: StudyView, staging: Path, progress: Progress) -> None:
             if figure is None:
                 notes.append(FIGURE_MISSING[name])
             else:
-                keep(figure, name, title, caption)
+                keep(figure, "5", name, title, caption)
     method = study.method or "–"
     failed_first = cells.sort_values("status", key=lambda s: s != "failed", kind="stable")
     cells_shown = failed_first.head(max(MAX_CELL_ROWS, int((cells["status"] != "done").sum())))

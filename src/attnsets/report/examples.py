@@ -372,7 +372,7 @@ def _vector_figure(choice: ExampleChoice, split: BagSplit, arrays: dict[str, np.
     points = subset.instances.reshape(len(subset.instances), -1).astype(np.float64)
     projected, ratio = _pca_2d(points)
     roles = _roles(choice)
-    figure = new_figure(3.9 * (1 + len(roles)) + 0.6, 4.3)
+    figure = new_figure(3.4 * (1 + len(roles)) + 0.8, 4.1)
     axes: list[Axes] = figure.subplots(1, 1 + len(roles), sharex=True, sharey=True).tolist()
     truth = axes[0]
     truth.scatter(*projected[~witness].T, s=12, color=OTHER_COLOUR, label="other instance",
@@ -412,14 +412,15 @@ DRAWERS = {"image": _image_figure, "sequence": _sequence_figure, "vector": _vect
 def _caption(choice: ExampleChoice, shown: str) -> str:
     importance, bag, _ = _member_values(choice.cell, choice.method)
     criteria = choice.cell.criteria
-    parts = [f"{choice.cell.dataset} × {choice.cell.model}: {shown}. "
-             f"Good: {choice.member_text(choice.good)}, {choice.method} AUROC "
-             f"{importance[choice.good]:.3f}, bag {criteria['bag_metric'].replace('_', ' ')} "
-             f"{bag[choice.good]:.3f}."]
-    if choice.bad is not None:
-        parts.append(f"Bad ({choice.bad_kind}): {choice.member_text(choice.bad)}, AUROC "
-                     f"{importance[choice.bad]:.3f}, bag score {bag[choice.bad]:.3f}.")
-    return " ".join(parts)
+    metric = criteria["bag_metric"].replace("_", " ")
+    roles = _roles(choice)
+    parts = [f"{choice.cell.dataset} × {choice.cell.model}: {shown}."]
+    for k, role in roles:
+        parts.append(f"{role[0].upper()}{role[1:]}: {choice.member_text(k)}, {choice.method} "
+                     f"AUROC {importance[k]:.3f}, bag {metric} {bag[k]:.3f}.")
+    parts.append("Chosen from the numbers: the test bag(s) where the two members' per-bag "
+                 "AUROCs differ most." if len(roles) > 1 else "")
+    return " ".join(p for p in parts if p)
 
 
 def example_figures(study: StudyView, notes: list[str]) -> list[Example]:

@@ -60,7 +60,7 @@ def silent_failure_figure(study: StudyView, palette: Palette) -> Figure | None:
         return None
     panels = [d for d in study.datasets if d in set(data["dataset"])]
     n_cols = min(3, len(panels))
-    figure = new_figure(4.3 * n_cols, 3.7 * math.ceil(len(panels) / n_cols) + 0.7)
+    figure = new_figure(3.9 * n_cols, 3.5 * math.ceil(len(panels) / n_cols) + 0.7)
     criteria = study.done[0].criteria
     for ax, dataset in zip(_grid(figure, len(panels), n_cols), panels, strict=True):
         sub = data[data["dataset"] == dataset]
@@ -107,8 +107,8 @@ def distribution_figure(study: StudyView, palette: Palette) -> Figure | None:
     panels = [d for d in study.datasets if d in set(data["dataset"])]
     explainers = [e for e in study.explainers if e in set(data["explainer"])]
     models = [m for m in study.models if m in set(data["model"])]
-    n_cols = 1 if len(explainers) * len(models) > 8 else min(2, len(panels))
     width = max(5.0, 0.42 * len(explainers) * len(models) + 1.8)
+    n_cols = 1 if width > 7.5 else min(2, len(panels))
     figure = new_figure(width * n_cols, 3.4 * math.ceil(len(panels) / n_cols) + 0.7)
     box_width = 0.8 / len(models)
     rng = np.random.default_rng(0)  # jitter only; fixed so the figure is reproducible

@@ -85,11 +85,12 @@ def _links(paths: list[str]) -> str:
                       for p in paths)
 
 
-def render_figure(number: int, figure: SavedFigure, files: list[str]) -> str:
+def render_figure(figure: SavedFigure, files: list[str]) -> str:
     data = base64.b64encode(figure.png).decode("ascii")
     return (f'<figure id="fig-{_escape(figure.name)}">'
             f'<img src="data:image/png;base64,{data}" alt="{_escape(figure.title)}">'
-            f"<figcaption><strong>Figure {number}. {_escape(figure.title)}.</strong> "
+            f"<figcaption><strong>Figure {_escape(figure.label)}. {_escape(figure.title)}."
+            "</strong> "
             f"{_escape(figure.caption)} <span class=\"files\">({_links(files)})</span>"
             "</figcaption></figure>")
 
@@ -115,8 +116,7 @@ def render_page(*, title: str, meta: str, summary: list[str], missing: list[str]
         f"<p>{_escape(t.caption)} <span class=\"files\">({_links(t.files)})</span></p>"
         f"{render_table(t)}</section>" for t in tables)
     if figures:
-        figure_html = "".join(render_figure(i, f, files)
-                              for i, (f, files) in enumerate(figures, start=1))
+        figure_html = "".join(render_figure(f, files) for f, files in figures)
     else:
         figure_html = "<p><em>No figures: see Missing.</em></p>"
     return (

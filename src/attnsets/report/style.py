@@ -84,8 +84,10 @@ def new_figure(width: float, height: float) -> Figure:
 
 @dataclass(frozen=True)
 class SavedFigure:
-    """A figure written as PNG and SVG; `png` holds the PNG bytes for embedding."""
+    """A figure written as PNG and SVG; `png` holds the PNG bytes for embedding; `label` is
+    its number in the report ("1", "4b", ...)."""
 
+    label: str
     name: str
     title: str
     caption: str
@@ -94,7 +96,7 @@ class SavedFigure:
     png: bytes
 
 
-def save_figure(figure: Figure, directory: Path, name: str, title: str,
+def save_figure(figure: Figure, directory: Path, label: str, name: str, title: str,
                 caption: str) -> SavedFigure:
     """Write `name`.png and `name`.svg into `directory` (metadata without dates, so the same
     results give the same files)."""
@@ -106,4 +108,4 @@ def save_figure(figure: Figure, directory: Path, name: str, title: str,
     # The layout is fixed by the PNG pass; running it again for the SVG would only cost time.
     figure.set_layout_engine("none")
     figure.savefig(svg_path, format="svg", metadata={"Date": None, "Creator": None})
-    return SavedFigure(name, title, caption, png_path, svg_path, buffer.getvalue())
+    return SavedFigure(label, name, title, caption, png_path, svg_path, buffer.getvalue())

@@ -112,12 +112,15 @@ def _ensemble(headline: pd.DataFrame, method: str | None) -> list[str]:
     fails = rows[rows["p_fail_single"].notna() & rows["p_fail_ensemble"].notna()]
     if not fails.empty:
         drop = fails["p_fail_single"] - fails["p_fail_ensemble"]
-        top = fails.loc[drop.idxmax()]
-        lines.append(
-            f"P(explanation fails) fell with ensemble size in {int((drop > 0).sum())} of "
-            f"{len(fails)} rows and rose in {int((drop < 0).sum())}; the largest drop: "
-            f"{top['model']} on {top['dataset']}, {fmt(top['p_fail_single'])} with one member "
-            f"→ {fmt(top['p_fail_ensemble'])} with {fmt(top['ensemble_k'], 'ensemble_k')}.")
+        text = (f"P(explanation fails) fell with ensemble size in {int((drop > 0).sum())} of "
+                f"{len(fails)} rows and rose in {int((drop < 0).sum())}")
+        if (drop != 0).any():
+            top = fails.loc[drop.abs().idxmax()]
+            text += (f"; the largest change: {top['model']} on {top['dataset']}, "
+                     f"{fmt(top['p_fail_single'])} with one member → "
+                     f"{fmt(top['p_fail_ensemble'])} with "
+                     f"{fmt(top['ensemble_k'], 'ensemble_k')}")
+        lines.append(text + ".")
     return lines
 
 

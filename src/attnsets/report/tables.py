@@ -54,6 +54,7 @@ def fmt(value: Any, column: str = "") -> str:
     number = float(value)
     if column in INTEGER_COLUMNS and number.is_integer():
         return str(int(number))
+    number = round(number, 3) + 0.0  # + 0.0 turns -0.0 into 0.0: no "-0.000"
     return f"{number:+.3f}" if column in SIGNED_COLUMNS else f"{number:.3f}"
 
 
