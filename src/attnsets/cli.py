@@ -306,12 +306,30 @@ def results(
 
 
 @app.command()
+def report(
+    directory: Path = typer.Argument(..., help="a study's results directory"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="report directory (default DIR/report)"),
+) -> None:
+    """Write a self-contained report.html with every figure (PNG, SVG) and table (CSV, Markdown)."""
+    from attnsets.report import write_report
+
+    try:
+        with console.status("writing the report") as status:
+            path = write_report(directory, out, progress=lambda s: status.update(f"report: {s}"))
+    except SpecError as err:
+        _fail(err)
+        return
+    console.print(f"report: {path}")
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("out/demo"), "--out", "-o", help="output directory"),
     workers: int = typer.Option(2, min=1, help="parallel worker processes"),
 ) -> None:
-    """The main job on embedded data: run configs/demo.toml (resuming if interrupted) and print
-    the headline table."""
+    """The main job on embedded data: run configs/demo.toml (resuming if interrupted), print the
+    headline table and write the HTML report."""
+    from attnsets.report import write_report
     from attnsets.study.config import load_study
     from attnsets.study.runner import run_study
 
@@ -319,6 +337,9 @@ def demo(
     summary = run_study(study, out, workers=workers, resume=True)
     _print_run_summary(summary, out)
     _print_headline(out)
+    with console.status("writing the report"):
+        path = write_report(out)
+    console.print(f"[bold]report:[/] {path}")
     if not summary.ok:
         raise typer.Exit(code=1)
 
