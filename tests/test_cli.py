@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from typer.testing import CliRunner
 
 from attnsets.cli import app
@@ -58,3 +59,39 @@ def test_summary_refuses_a_foreign_file(tmp_path: Path) -> None:
     result = runner.invoke(app, ["summary", str(foreign)])
     assert result.exit_code == 2
     assert "not an attnsets dataset" in result.output
+
+
+def test_audit_command_audits_a_model_file(tmp_path: Path) -> None:
+    battery = tmp_path / "battery.toml"
+    battery.write_text('[[datasets]]\nname = "tiny-presence"\n'
+                       'pool = { name = "gaussian", num_concepts = 4, dim = 6, separation = 8.0 }\n'
+                       'rule = { name = "presence", key = 2 }\n'
+                       'bags = { train = 60, val = 30, test = 30 }\n')
+    example = Path(__file__).resolve().parents[1] / "examples" / "my_model.py"
+    out = tmp_path / "audit.csv"
+    result = CliRunner().invoke(app, ["audit", f"{example}:build", "--battery", str(battery),
+                                      "--seeds", "0", "--members", "2", "--epochs", "10",
+                                      "-o", str(out)])
+    assert result.exit_code in (0, 1), result.output  # 1 = an entry failed
+    assert "verdict:" in result.output and "tiny-presence" in result.output
+    assert pd.read_csv(out)["entry"].tolist() == ["tiny-presence"]
+    bad = CliRunner().invoke(app, ["audit", "no_such_pooling"])
+    assert bad.exit_code == 2 and "registered pooling" in bad.output
+
+
+def test_explain_data_command_writes_instance_and_bag_tables(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    rows = [{"bag": f"b{b}", "y": b % 2, "f0": rng.normal() + 5.0 * (b % 2 and i == 0),
+             "f1": rng.normal()} for b in range(30) for i in range(5)]
+    table = tmp_path / "cells.parquet"
+    pd.DataFrame(rows).to_parquet(table)
+    result = CliRunner().invoke(app, ["explain-data", str(table), "--bag-column", "bag",
+                                      "--label-column", "y", "--members", "2", "--epochs", "5",
+                                      "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    instances = pd.read_csv(tmp_path / "out" / "instances.csv")
+    bags = pd.read_csv(tmp_path / "out" / "bags.csv")
+    assert len(instances) == 150 and len(bags) == 30
+    missing = CliRunner().invoke(app, ["explain-data", str(table), "--bag-column", "sample",
+                                       "--label-column", "y"])
+    assert missing.exit_code == 2 and "bag_column" in missing.output
