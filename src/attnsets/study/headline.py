@@ -29,4 +29,4 @@ def headline_table(frame: pd.DataFrame, method: str = "attention") -> pd.DataFra
     grouped = data.groupby(["dataset", "rule", "model"], sort=False)
     table = grouped.mean(numeric_only=True)
     table.insert(0, "cells", grouped.size())
-    return table.reset_index()
+    return table.reset_index().sort_values(["dataset", "model"], ignore_index=True)
