@@ -14,12 +14,13 @@ CONFIGS = Path(__file__).resolve().parents[1] / "src" / "attnsets" / "configs"
 
 
 def paper_slice() -> tuple[set[str], int]:
-    """Seed 0 only; dataset i with model i mod 9: every dataset and every pooling appears."""
+    """Seed 0 only; pooling j with dataset j * D // M: every pooling once, datasets spread over
+    the gaussian, digits, sequence and table modalities."""
     cells = study_cells(load_study(CONFIGS / "paper.toml"))
     datasets = list(dict.fromkeys(c.dataset_name for c in cells))
     models = list(dict.fromkeys(c.model_name for c in cells))
-    chosen = {c.cell_id for c in cells if c.replicate == 0
-              and c.model_name == models[datasets.index(c.dataset_name) % len(models)]}
+    pairs = {(datasets[j * len(datasets) // len(models)], m) for j, m in enumerate(models)}
+    chosen = {c.cell_id for c in cells if c.replicate == 0 and (c.dataset_name, c.model_name) in pairs}
     return chosen, len(cells)
 
 
@@ -51,9 +52,9 @@ def run() -> str:
         "## Study wall time",
         "",
         f"Machine: {machine()}. `attnsets run` wall time with 1 and 2 worker processes (each worker "
-        "gets cores / workers torch threads). The paper slice is seed 0 with dataset i paired with "
-        "pooling i mod 9, so every dataset and every pooling is timed once; the full paper time is that "
-        "slice scaled by the cell count, a rough estimate since cells differ in cost."
+        "gets cores / workers torch threads). The paper slice is seed 0 with each of the 9 poolings "
+        "paired with one dataset, spread over the modalities; the full paper time is that slice "
+        "scaled by the cell count, a rough estimate since cells differ in cost."
         + (f" {failed} cell(s) failed during the benchmark." if failed else ""),
         "",
         table(["study", "cells", "workers=1", "workers=2", "speed-up", "how"], rows),
