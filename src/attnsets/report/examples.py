@@ -199,10 +199,11 @@ def _suptitle(choice: ExampleChoice, bag: int, label: int, names: list[str] | No
             f"(label {label_text}) · explainer: {choice.method}")
 
 
-# -------------------------------------------------------------------------- images
-def _image_figure(choice: ExampleChoice, split: BagSplit, arrays: dict[str, np.ndarray],
-                  pool: Any) -> tuple[Figure, str] | None:
-    order, good_auroc, bad_auroc = _bag_order(choice, arrays, MAX_IMAGES)
+def _pick_bag(choice: ExampleChoice, split: BagSplit, arrays: dict[str, np.ndarray], limit: int
+              ) -> tuple[int, Any, int, np.ndarray, np.ndarray, np.ndarray, Any, Any] | None:
+    """The example bag for `choice`: (index, bag, size, member scores (K, n), witness (n,) bool,
+    indices of the instances to show, good member's AUROC, bad member's AUROC)."""
+    order, good_auroc, bad_auroc = _bag_order(choice, arrays, limit)
     if order.size == 0:
         return None
     b = int(order[0])
@@ -211,7 +212,17 @@ def _image_figure(choice: ExampleChoice, split: BagSplit, arrays: dict[str, np.n
     scores = arrays[f"scores/{choice.method}"][:, b, :n].astype(np.float64)
     witness = arrays["evidence"][b, :n] > 0
     bad_scores = scores[choice.bad] if choice.bad is not None else scores[choice.good]
-    shown = _shown_instances(witness, scores[choice.good], bad_scores, MAX_IMAGES)
+    shown = _shown_instances(witness, scores[choice.good], bad_scores, limit)
+    return b, bag, n, scores, witness, shown, good_auroc, bad_auroc
+
+
+# -------------------------------------------------------------------------- images
+def _image_figure(choice: ExampleChoice, split: BagSplit, arrays: dict[str, np.ndarray],
+                  pool: Any) -> tuple[Figure, str] | None:
+    picked = _pick_bag(choice, split, arrays, MAX_IMAGES)
+    if picked is None:
+        return None
+    b, bag, n, scores, witness, shown, good_auroc, bad_auroc = picked
     m = len(shown)
     roles = _roles(choice)
     width = max(7.5, 0.8 * m + 1.8)
@@ -276,16 +287,10 @@ def _sequence_figure(choice: ExampleChoice, split: BagSplit, arrays: dict[str, n
                      pool: Any) -> tuple[Figure, str] | None:
     from attnsets.data.pools.sequences import decode
 
-    order, good_auroc, bad_auroc = _bag_order(choice, arrays, MAX_SEQUENCES)
-    if order.size == 0:
+    picked = _pick_bag(choice, split, arrays, MAX_SEQUENCES)
+    if picked is None:
         return None
-    b = int(order[0])
-    bag = split[b]
-    n = len(bag)
-    scores = arrays[f"scores/{choice.method}"][:, b, :n].astype(np.float64)
-    witness = arrays["evidence"][b, :n] > 0
-    bad_scores = scores[choice.bad] if choice.bad is not None else scores[choice.good]
-    shown = _shown_instances(witness, scores[choice.good], bad_scores, MAX_SEQUENCES)
+    b, bag, n, scores, witness, shown, good_auroc, bad_auroc = picked
     m = len(shown)
     roles = _roles(choice)
     normalised = normalise_per_bag(scores, method="minmax")[:, shown]
