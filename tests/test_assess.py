@@ -119,3 +119,9 @@ def test_evaluate_command_prints_tables(tmp_path: Path) -> None:
     assert json.loads(out.read_text())["n_members"] == 2
     bad = CliRunner().invoke(app, ["evaluate", str(config), "--explainers", "telepathy"])
     assert bad.exit_code == 2 and "telepathy" in bad.output
+    for extra, field in (("[assess]\nbootstrapp = 5\n", "assess.bootstrapp"),
+                         ("[thresholds]\nmin_bag_score = 2\n", "thresholds.min_bag_score")):
+        typo = tmp_path / "typo.toml"
+        typo.write_text(config.read_text() + extra)
+        bad = CliRunner().invoke(app, ["evaluate", str(typo)])
+        assert bad.exit_code == 2 and field in bad.output, bad.output

@@ -188,6 +188,7 @@ def evaluate(
     from attnsets.data.spec import load_config
     from attnsets.explain import EXPLAINERS
     from attnsets.metrics import SilentFailureCriteria
+    from attnsets.registry import build_dataclass
     from attnsets.study.cell import train_and_assess
 
     try:
@@ -207,17 +208,15 @@ def evaluate(
         unknown = [m for m in methods if m not in EXPLAINERS]
         if unknown:
             raise SpecError("explainers", unknown[0], f"one of {EXPLAINERS.names()}")
-        criteria = SilentFailureCriteria(**raw.get("thresholds", {}))
-        spec = AssessSpec(explainers=methods, criteria=criteria, seed=seed,
-                          **{k: v for k, v in assess_raw.items() if k != "explainers"})
+        criteria = build_dataclass(SilentFailureCriteria, dict(raw.get("thresholds", {})),
+                                   "thresholds")
+        spec = build_dataclass(AssessSpec, {**assess_raw, "explainers": methods,
+                                            "criteria": criteria, "seed": seed}, "assess")
         with console.status(f"training {members} member(s) and explaining"):
             assessment, training_summary = train_and_assess(
                 dataset, model, training, list(range(seed, seed + members)), spec)
     except (SpecError, SpecErrors) as err:
         _fail(err)
-        return
-    except TypeError as err:
-        _fail(SpecError("assess", str(err), "the AssessSpec fields"))
         return
     console.print(f"trained in {training_summary['seconds']:.1f}s "
                   f"(epochs run per member: {training_summary['epochs_run']})")
