@@ -125,3 +125,27 @@ def test_evaluate_command_prints_tables(tmp_path: Path) -> None:
         typo.write_text(config.read_text() + extra)
         bad = CliRunner().invoke(app, ["evaluate", str(typo)])
         assert bad.exit_code == 2 and field in bad.output, bad.output
+
+
+def test_aopc_shares_one_random_reference_and_matches_deletion_curves(dataset) -> None:  # type: ignore[no-untyped-def]
+    """assess computes the random-order curves once per member; the AOPC it reports must equal
+    the one from `deletion_curves` (ranked + random of the same seed) bag batch by bag batch."""
+    from attnsets.assess import padded_batches
+    from attnsets.explain import deletion_curves, explain
+    from attnsets.metrics import aopc
+
+    models = [handcrafted(dataset, 1.0), handcrafted(dataset, -1.0)]
+    spec = AssessSpec(explainers=("attention", "gradient"), bootstrap=0, batch_size=16, seed=5)
+    result = assess(models, dataset, spec)
+    batches = padded_batches(dataset.test, spec.batch_size)
+    for k, model in enumerate(models):
+        for method in ("attention", "gradient"):
+            curves = [deletion_curves(model, b, explain(model, b, method),
+                                      steps=min(spec.deletion_steps, b.x.shape[1]), seed=5)
+                      for b in batches]
+            expected = aopc(torch.cat([c.ranked for c in curves]).numpy(),
+                            torch.cat([c.random for c in curves]).numpy())
+            got = result.metrics["members"]["aopc"][method][k]
+            assert got["aopc"] == pytest.approx(float(expected["aopc"]), abs=1e-6)
+            assert got["aopc_relative"] == pytest.approx(float(expected["aopc_relative"]),
+                                                         abs=1e-6, nan_ok=True)
