@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PIP_INSTALL := $(BIN)/python -m pip install -q -c constraints.txt
 
-.PHONY: demo test lint bench clean browser
+.PHONY: demo test lint bench clean browser results
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/python -m pytest -n 2 --dist loadfile
+
+# The reconstruction study (configs/paper.toml, ~2 h on 2 cores; resumes where it stopped) and the
+# page that quotes it. The store stays in results/paper; docs/results.md is regenerated from it.
+results: $(STAMP)
+	$(BIN)/attnsets run configs/paper.toml --out results/paper --workers 2 --resume
+	$(BIN)/attnsets results-page results/paper --out docs/results.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples

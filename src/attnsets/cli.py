@@ -321,6 +321,27 @@ def report(
     console.print(f"report: {path}")
 
 
+@app.command("results-page")
+def results_page(
+    directory: Path = typer.Argument(..., help="a study's results directory"),
+    out: Path = typer.Option(Path("docs/results.md"), "--out", "-o",
+                             help="Markdown page; figures and tables go to the same path without .md"),
+    command: str = typer.Option("make results", help="the command quoted on the page as its source"),
+) -> None:
+    """Write the findings page (docs/results.md): report figures, findings with 95% CIs, and the
+    comparison with the published claims, all computed from the store."""
+    from attnsets.report.results_page import write_results_page
+
+    try:
+        with console.status("writing the results page") as status:
+            path = write_results_page(directory, out, command=command,
+                                      progress=lambda s: status.update(f"results page: {s}"))
+    except SpecError as err:
+        _fail(err)
+        return
+    console.print(f"results page: {path}")
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("out/demo"), "--out", "-o", help="output directory"),

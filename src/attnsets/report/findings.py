@@ -1,0 +1,381 @@
+"""The findings of a study as numbers with confidence intervals: the computations behind
+docs/results.md (`attnsets results-page`). Everything is read from the results store.
+
+Members of one cell share their data and training set-up, so they are not independent; every
+interval here is a *cluster* bootstrap that resamples whole cells."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from attnsets.report.collect import CellView, StudyView
+
+#: Resamples behind every interval of the findings, and their level.
+N_BOOT = 2000
+LEVEL = 0.95
+#: Rules whose test split is shifted on purpose (Raff & Holt's algorithmic unit tests).
+UNIT_TEST_RULES = ("poison", "false_frequency")
+#: Models without attention weights: their rows for the attention explainer do not exist.
+NO_ATTENTION = "no attention weights"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean (or a rate: the mean of 0/1 values) with its cluster-bootstrap interval."""
+
+    value: float
+    low: float
+    high: float
+    n: int
+    clusters: int
+
+    def text(self, percent: bool = False) -> str:
+        if math.isnan(self.value):
+            return "–"
+        if math.isnan(self.low):  # one cluster: nothing to resample
+            return f"{100 * self.value:.0f}% (1 cell)" if percent else f"{self.value:.3f} (1 cell)"
+        if percent:
+            return f"{100 * self.value:.0f}% [{100 * self.low:.0f}, {100 * self.high:.0f}]"
+        return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
+
+def cluster_bootstrap(values: Any, clusters: Any, *, n_boot: int = N_BOOT, level: float = LEVEL,
+                      seed: int = 0) -> Estimate:
+    """Mean of the finite `values` and a percentile interval from resampling whole clusters.
+
+    values, clusters: (n,). The mean of a resample is the ratio of the resampled cluster sums
+    to the resampled cluster sizes, so big and small clusters weigh what they hold."""
+    vals = np.asarray(values, dtype=np.float64)
+    keys = np.asarray(clusters)
+    keep = np.isfinite(vals)
+    vals, keys = vals[keep], keys[keep]
+    if vals.size == 0:
+        return Estimate(math.nan, math.nan, math.nan, 0, 0)
+    codes, uniques = pd.factorize(keys)
+    sums = np.bincount(codes, weights=vals)
+    sizes = np.bincount(codes).astype(np.float64)
+    n_clusters = len(uniques)
+    value = float(vals.mean())
+    if n_clusters < 2:
+        return Estimate(value, math.nan, math.nan, int(vals.size), n_clusters)
+    rng = np.random.default_rng(seed)
+    weights = rng.multinomial(n_clusters, np.full(n_clusters, 1.0 / n_clusters), size=n_boot)
+    boot = (weights @ sums) / (weights @ sizes)
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(boot, [tail, 1.0 - tail])
+    return Estimate(value, float(low), float(high), int(vals.size), n_clusters)
+
+
+# --------------------------------------------------------------------------- per-member frame
+
+
+def member_frame(study: StudyView) -> pd.DataFrame:
+    """study.members with the modality, rule, learned flag and the xMIL metrics added:
+    one row per cell x member x explainer."""
+    frame = study.members.copy()
+    cells = {c.cell_id: c for c in study.done}
+    frame["modality"] = frame["cell_id"].map(lambda i: cells[i].kind)
+    frame["rule"] = frame["cell_id"].map(lambda i: cells[i].rule)
+    frame["learned"] = frame["bag_score"] >= frame["min_bag_score"]
+    frame["reflects"] = (frame["importance"] > frame["max_importance"]).where(
+        frame["importance"].notna())
+    extra = {"auprc2": [], "auroc2": [], "bag_auroc": []}
+    for cell_id, member, method in zip(frame["cell_id"], frame["member"], frame["explainer"],
+                                       strict=True):
+        members = cells[cell_id].metrics.get("members", {})
+        report = members.get("importance", {}).get(method, [{}])[member]
+        bag = members.get("bag", [{}])[member] if member < len(members.get("bag", [])) else {}
+        extra["auprc2"].append(_num(report.get("auprc2")))
+        extra["auroc2"].append(_num(report.get("auroc2")))
+        extra["bag_auroc"].append(_num(bag.get("auroc")))
+    for key, column in extra.items():
+        frame[key] = column
+    return frame
+
+
+def _num(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _rows(frame: pd.DataFrame, by: str, order: list[str] | None, make: Any) -> pd.DataFrame:
+    groups = [(name, part) for name, part in frame.groupby(by, sort=False)]
+    rank = {name: i for i, name in enumerate(order or [])}
+    groups.sort(key=lambda item: (rank.get(item[0], len(rank)), str(item[0])))
+    return pd.DataFrame([{by: name, **make(part)} for name, part in groups])
+
+
+def _estimate_columns(prefix: str, estimate: Estimate) -> dict[str, float]:
+    return {prefix: estimate.value, f"{prefix}_ci_low": estimate.low,
+            f"{prefix}_ci_high": estimate.high}
+
+
+# --------------------------------------------------------------------------- findings
+
+
+def explanation_quality(members: pd.DataFrame, by: str, method: str = "attention",
+                        order: list[str] | None = None) -> pd.DataFrame:
+    """How often `method` reflects the witnesses, per value of `by` (modality, rule, model ...):
+    mean importance AUROC, the share of members above the threshold (all, and among members that
+    learned the task), and the silent-failure rate, each with a 95% cluster-bootstrap CI."""
+    rows = members[members["explainer"] == method]
+
+    def make(part: pd.DataFrame) -> dict[str, Any]:
+        learned = part[part["learned"]]
+        out: dict[str, Any] = {"cells": part["cell_id"].nunique(), "members": len(part),
+                               "learned": int(part["learned"].sum())}
+        out.update(_estimate_columns("auroc", cluster_bootstrap(part["importance"],
+                                                                part["cell_id"])))
+        out.update(_estimate_columns("reflects", cluster_bootstrap(part["reflects"],
+                                                                   part["cell_id"])))
+        out.update(_estimate_columns("reflects_if_learned", cluster_bootstrap(
+            learned["reflects"], learned["cell_id"])))
+        out.update(_estimate_columns("silent", cluster_bootstrap(part["silent"].astype(float),
+                                                                 part["cell_id"])))
+        return out
+
+    return _rows(rows, by, order, make)
+
+
+def silent_cells(study: StudyView, method: str = "attention") -> pd.DataFrame:
+    """Every (dataset, model) with at least one silent member, worst first."""
+    rows = study.members[study.members["explainer"] == method]
+    grouped = rows.groupby(["dataset", "model"], sort=False).agg(
+        members=("silent", "size"), silent=("silent", "sum"),
+        bag_score=("bag_score", "mean"), auroc=("importance", "mean")).reset_index()
+    grouped = grouped[grouped["silent"] > 0].copy()
+    grouped["silent_rate"] = grouped["silent"] / grouped["members"]
+    return grouped.sort_values(["silent_rate", "auroc"], ascending=[False, True]).reset_index(
+        drop=True)
+
+
+def ensembling(study: StudyView, method: str = "attention",
+               order: list[str] | None = None) -> pd.DataFrame:
+    """Per model: single member vs the full ensemble, from each cell's ensemble-size curve and
+    its ensemble metrics. p_fail = share of member subsets of size k with AUROC at or below the
+    threshold; silent = the silent-failure verdict of single members vs of the combined ensemble."""
+    records = []
+    for cell in study.done:
+        curve = cell.metrics.get("curve", {}).get(method, [])
+        ensemble = cell.metrics.get("ensemble", {}).get(method)
+        silent = cell.metrics.get("members", {}).get("silent", {}).get(method)
+        if not curve or ensemble is None or not silent:
+            continue
+        first, last = curve[0], curve[-1]
+        records.append({
+            "model": cell.model, "cell_id": cell.cell_id, "k_max": int(last["k"]),
+            "auroc_single": _num(first.get("auroc_mean")), "auroc_ensemble": _num(last.get(
+                "auroc_mean")),
+            "p_fail_single": _num(first.get("p_fail")), "p_fail_ensemble": _num(last.get(
+                "p_fail")),
+            "silent_single": float(np.mean(silent)), "silent_ensemble": _num(ensemble.get(
+                "silent"))})
+    frame = pd.DataFrame(records)
+    if frame.empty:
+        return frame
+
+    def make(part: pd.DataFrame) -> dict[str, Any]:
+        out: dict[str, Any] = {"cells": len(part), "k_max": int(part["k_max"].max())}
+        for column in ("auroc_single", "auroc_ensemble", "p_fail_single", "p_fail_ensemble",
+                       "silent_single", "silent_ensemble"):
+            out.update(_estimate_columns(column, cluster_bootstrap(part[column],
+                                                                   part["cell_id"])))
+        # Paired within a cell: the same members, alone vs combined.
+        out.update(_estimate_columns("auroc_gain", cluster_bootstrap(
+            part["auroc_ensemble"] - part["auroc_single"], part["cell_id"])))
+        out.update(_estimate_columns("p_fail_reduction", cluster_bootstrap(
+            part["p_fail_single"] - part["p_fail_ensemble"], part["cell_id"])))
+        return out
+
+    everything = make(frame)
+    table = _rows(frame, "model", order, make)
+    return pd.concat([table, pd.DataFrame([{"model": "all", **everything}])], ignore_index=True)
+
+
+def explainer_comparison(members: pd.DataFrame, reference: str = "attention",
+                         order: list[str] | None = None) -> pd.DataFrame:
+    """Per explainer: mean AUROC over every member it ran on, and, on the members of models
+    that have `reference` (attention), the paired difference to it and the share of members
+    where it beats the reference, with cluster-bootstrap CIs."""
+    keyed = members.set_index(["cell_id", "member", "explainer"])["importance"]
+    ref = keyed.xs(reference, level="explainer") if reference in members["explainer"].values \
+        else pd.Series(dtype=float)
+
+    def make(part: pd.DataFrame) -> dict[str, Any]:
+        out: dict[str, Any] = {"cells": part["cell_id"].nunique(), "members": len(part)}
+        out.update(_estimate_columns("auroc", cluster_bootstrap(part["importance"],
+                                                                part["cell_id"])))
+        out.update(_estimate_columns("silent", cluster_bootstrap(part["silent"].astype(float),
+                                                                 part["cell_id"])))
+        paired = part.set_index(["cell_id", "member"])["importance"]
+        both = pd.concat([paired, ref], axis=1, keys=["method", "reference"],
+                         join="inner").dropna()
+        cells = both.index.get_level_values("cell_id")
+        out["paired_members"] = len(both)
+        out.update(_estimate_columns("minus_reference", cluster_bootstrap(
+            both["method"] - both["reference"], cells)))
+        out.update(_estimate_columns("beats_reference", cluster_bootstrap(
+            (both["method"] > both["reference"]).astype(float), cells)))
+        return out
+
+    return _rows(members, "explainer", order, make)
+
+
+def unit_tests(study: StudyView, order: list[str] | None = None) -> pd.DataFrame:
+    """Per rule with a shifted test (poison, false_frequency) x model: the share of members
+    flagged (pass on the training distribution, fail or drop on the shifted test), mean val and
+    test bag scores, and the share of ensembles flagged."""
+    records = []
+    for cell in study.done:
+        unit = cell.metrics.get("unit_test")
+        if cell.rule not in UNIT_TEST_RULES or not unit:
+            continue
+        for k, flag in enumerate(unit.get("members", [])):
+            records.append({"rule": cell.rule, "model": cell.model, "cell_id": cell.cell_id,
+                            "member": k, "flagged": float(bool(flag.get("flagged"))),
+                            "val": _num(flag.get("train_metric")),
+                            "test": _num(flag.get("test_metric")),
+                            "ensemble_flagged": float(bool(unit.get("ensemble", {}).get(
+                                "flagged")))})
+    frame = pd.DataFrame(records)
+    if frame.empty:
+        return frame
+    tables = []
+    for rule in UNIT_TEST_RULES:
+        part_rule = frame[frame["rule"] == rule]
+        if part_rule.empty:
+            continue
+
+        def make(part: pd.DataFrame) -> dict[str, Any]:
+            per_cell = part.drop_duplicates("cell_id")
+            out: dict[str, Any] = {"cells": len(per_cell), "members": len(part),
+                                   "val_score": float(part["val"].mean()),
+                                   "test_score": float(part["test"].mean())}
+            out.update(_estimate_columns("flagged", cluster_bootstrap(part["flagged"],
+                                                                      part["cell_id"])))
+            out["ensemble_flagged"] = float(per_cell["ensemble_flagged"].mean())
+            return out
+
+        table = _rows(part_rule, "model", order, make)
+        table.insert(0, "rule", rule)
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True)
+
+
+# --------------------------------------------------------------------------- agreement
+
+
+def agreement_frame(study: StudyView, method: str = "attention",
+                    top_fraction: float = 0.1) -> pd.DataFrame:
+    """Label-free member agreement vs the true importance AUROC of the consensus, one row per
+    test bag of every cell whose members have `method` scores (K >= 2): cell_id, dataset,
+    model, bag, rank_agreement, top_k_overlap, consensus_auroc (NaN for bags without both
+    witnesses and non-witnesses)."""
+    from attnsets.metrics import per_bag_auroc
+    from attnsets.own_data import agreement
+    from attnsets.study.store import ResultsStore
+
+    frames = []
+    store = ResultsStore(study.directory)
+    try:
+        for cell in study.done:
+            if method not in cell.methods or cell.n_members < 2:
+                continue
+            arrays = store.arrays(cell.cell_id)
+            key = f"scores/{method}"
+            if key not in arrays:
+                continue
+            scores, mask = arrays[key], arrays["mask"].astype(bool)
+            signals = agreement(scores, mask, top_fraction=top_fraction)
+            truth = per_bag_auroc(signals.consensus, arrays["evidence"], mask).values
+            frames.append(pd.DataFrame({
+                "cell_id": cell.cell_id, "dataset": cell.dataset, "model": cell.model,
+                "bag": np.arange(len(truth)), "rank_agreement": signals.rank_agreement,
+                "top_k_overlap": signals.top_k_overlap, "consensus_auroc": truth}))
+    finally:
+        store.close()
+    columns = ["cell_id", "dataset", "model", "bag", "rank_agreement", "top_k_overlap",
+               "consensus_auroc"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+def agreement_correlations(bags: pd.DataFrame) -> pd.DataFrame:
+    """Spearman / Pearson correlation of each signal with the consensus AUROC, per bag (pooled)
+    and per cell (means over its bags), with a cluster-bootstrap CI of the Spearman value."""
+    from attnsets.own_data import correlation
+
+    eligible = bags[np.isfinite(bags["consensus_auroc"])]
+    runs = eligible.groupby("cell_id", sort=False)[
+        ["rank_agreement", "top_k_overlap", "consensus_auroc"]].mean().reset_index()
+    rows = []
+    for level, part in (("bag", eligible), ("cell", runs)):
+        for signal in ("rank_agreement", "top_k_overlap"):
+            corr = correlation(part[signal], part["consensus_auroc"])
+            low, high = _spearman_ci(part, signal, level == "bag")
+            rows.append({"level": level, "signal": signal, "n": int(corr["n"]),
+                         "spearman": corr["spearman"], "spearman_ci_low": low,
+                         "spearman_ci_high": high, "pearson": corr["pearson"]})
+    return pd.DataFrame(rows)
+
+
+def _spearman_ci(part: pd.DataFrame, signal: str, by_cell: bool, n_boot: int = 400,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile CI of the Spearman correlation, resampling cells (bag level) or rows."""
+    from attnsets.own_data import correlation
+
+    if len(part) < 3:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    values = []
+    if by_cell:
+        groups = [g.index.to_numpy() for _, g in part.groupby("cell_id", sort=False)]
+        for _ in range(n_boot):
+            picked = rng.integers(0, len(groups), len(groups))
+            index = np.concatenate([groups[i] for i in picked])
+            sample = part.loc[index]
+            values.append(correlation(sample[signal], sample["consensus_auroc"])["spearman"])
+    else:
+        for _ in range(n_boot):
+            sample = part.iloc[rng.integers(0, len(part), len(part))]
+            values.append(correlation(sample[signal], sample["consensus_auroc"])["spearman"])
+    arr = np.asarray(values)
+    arr = arr[np.isfinite(arr)]
+    if arr.size == 0:
+        return math.nan, math.nan
+    tail = (1 - LEVEL) / 2
+    low, high = np.quantile(arr, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+# --------------------------------------------------------------------------- pos-neg (xMIL)
+
+
+def pos_neg_check(members: pd.DataFrame, model: str = "attention",
+                  methods: tuple[str, ...] = ("attention", "integrated_gradients", "random")
+                  ) -> pd.DataFrame:
+    """xMIL's Pos-Neg silent failure, on our pos_neg datasets: bag AUROC of `model` and the
+    AUPRC-2 of each of `methods` (CI over cells)."""
+    rows = members[(members["rule"] == "pos_neg") & (members["model"] == model)
+                   & members["explainer"].isin(methods)]
+    records = []
+    for (dataset, method), part in rows.groupby(["dataset", "explainer"], sort=False):
+        estimate = cluster_bootstrap(part["auprc2"], part["cell_id"])
+        bag = cluster_bootstrap(part["bag_auroc"], part["cell_id"])
+        records.append({"dataset": dataset, "explainer": method, "members": len(part),
+                        "bag_auroc": bag.value, **_estimate_columns("auprc2", estimate)})
+    return pd.DataFrame(records)
+
+
+def cells_by_kind(cells: list[CellView]) -> dict[str, int]:
+    """How many finished cells each modality has."""
+    counts: dict[str, int] = {}
+    for cell in cells:
+        counts[cell.kind] = counts.get(cell.kind, 0) + 1
+    return counts

@@ -1,0 +1,384 @@
+"""docs/results.md from a results store: the report's figures and tables plus the findings with
+confidence intervals and a comparison with the published claims. Every number on the page is
+computed here from the store, so the page is regenerated, never edited by hand."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from attnsets.errors import SpecError
+from attnsets.report.build import FIGURE_DIR, TABLE_DIR, write_report
+from attnsets.report.collect import StudyView, load_study
+from attnsets.report.findings import (
+    Estimate,
+    agreement_correlations,
+    agreement_frame,
+    cluster_bootstrap,
+    ensembling,
+    explainer_comparison,
+    explanation_quality,
+    member_frame,
+    pos_neg_check,
+    silent_cells,
+    unit_tests,
+)
+from attnsets.report.style import Palette, new_figure, report_style, save_figure
+from attnsets.report.tables import to_markdown
+
+Progress = Callable[[str], None]
+#: Report figures copied next to the page (PNG only: the SVGs double the size of the repo).
+REPORT_FIGURES = ("silent_failures", "importance_distribution", "ensemble_size",
+                  "deletion_curves", "example_image", "example_sequence", "example_vector")
+REPORT_TABLES = ("headline", "explainer_ranking", "ensemble_curve", "cells")
+ATTENTION_MODALITIES = ("vector", "image", "sequence", "table")
+
+
+def _est(frame: pd.DataFrame, row: int, prefix: str) -> Estimate:
+    return Estimate(float(frame.iloc[row][prefix]), float(frame.iloc[row][f"{prefix}_ci_low"]),
+                    float(frame.iloc[row][f"{prefix}_ci_high"]), 0, 0)
+
+
+def _with_ci(frame: pd.DataFrame, prefixes: dict[str, str], keep: list[str],
+             percent: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A display frame: `keep` columns as they are, each prefix as 'value [low, high]'."""
+    out = frame[keep].copy()
+    for prefix, title in prefixes.items():
+        out[title] = [_est(frame, i, prefix).text(percent=prefix in percent)
+                      for i in range(len(frame))]
+    return out
+
+
+def _pct(value: float) -> str:
+    return "–" if math.isnan(value) else f"{100 * value:.0f}%"
+
+
+def _figure_line(name: str, title: str, assets: str) -> str:
+    return f"![{title}]({assets}/{FIGURE_DIR}/{name}.png)"
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def agreement_figure(bags: pd.DataFrame, models: list[str], palette: Palette):  # type: ignore[no-untyped-def]
+    """Left: per cell, mean rank agreement of the members vs the consensus AUROC. Right: per
+    bag, consensus AUROC by decile of rank agreement (median and interquartile range)."""
+    eligible = bags[np.isfinite(bags["consensus_auroc"]) & np.isfinite(bags["rank_agreement"])]
+    if eligible.empty:
+        return None
+    figure = new_figure(10.0, 4.2)
+    left, right = figure.subplots(1, 2)
+    runs = eligible.groupby(["cell_id", "model"], sort=False)[
+        ["rank_agreement", "consensus_auroc"]].mean().reset_index()
+    for model in models:
+        part = runs[runs["model"] == model]
+        if part.empty:
+            continue
+        left.scatter(part["rank_agreement"], part["consensus_auroc"], s=18, alpha=0.8,
+                     color=palette.model(model), marker=palette.marker(model), label=model)
+    left.set_xlabel("member agreement (mean Spearman between members)")
+    left.set_ylabel("consensus importance AUROC (truth)")
+    left.set_title("per trained ensemble (cell)")
+    left.axhline(0.5, color="grey", lw=0.8, ls=":")
+    left.legend(fontsize=7, loc="lower right")
+    deciles = pd.qcut(eligible["rank_agreement"].rank(method="first"), 10, labels=False)
+    grouped = eligible.groupby(deciles)
+    centre = grouped["rank_agreement"].median()
+    median = grouped["consensus_auroc"].median()
+    q1, q3 = grouped["consensus_auroc"].quantile(0.25), grouped["consensus_auroc"].quantile(0.75)
+    right.fill_between(centre, q1, q3, color="#88CCEE", alpha=0.5, label="interquartile range")
+    right.plot(centre, median, color="#332288", marker="o", label="median")
+    right.axhline(0.5, color="grey", lw=0.8, ls=":")
+    right.set_xlabel("member agreement of the bag (decile medians)")
+    right.set_ylabel("consensus importance AUROC of the bag")
+    right.set_title("per bag, by agreement decile")
+    right.legend(fontsize=7, loc="lower right")
+    return figure
+
+
+# --------------------------------------------------------------------------- claims
+
+
+def _verdict(agree: bool, disagree: bool) -> str:
+    return "agree" if agree else ("disagree" if disagree else "partly")
+
+
+def claims_table(study: StudyView, quality_all: pd.DataFrame, ensemble: pd.DataFrame,
+                 units: pd.DataFrame, pos_neg: pd.DataFrame, members: pd.DataFrame) -> pd.DataFrame:
+    """One row per published claim of REFERENCES.md that this study can test, with the
+    measurement, the decision rule and the verdict."""
+    rows = []
+    if not quality_all.empty:
+        reflects = _est(quality_all, 0, "reflects_if_learned")
+        rows.append({
+            "claim": "Haab et al.: attention often reflects instance importance",
+            "our measurement": f"{reflects.text(percent=True)} of attention members that learned "
+                               "the task have importance AUROC above the threshold",
+            "rule": "agree if the estimate is >= 50%, disagree if its CI lies below 50%",
+            "verdict": _verdict(reflects.value >= 0.5, reflects.high < 0.5)})
+        silent = _est(quality_all, 0, "silent")
+        n_silent = int(members[(members["explainer"] == "attention")]["silent"].sum())
+        rows.append({
+            "claim": "Haab et al.: silent failures happen (accurate model, misleading attention)",
+            "our measurement": f"{n_silent} silent attention members; rate "
+                               f"{silent.text(percent=True)}",
+            "rule": "agree if at least one silent failure is observed",
+            "verdict": _verdict(n_silent > 0, n_silent == 0)})
+    if not ensemble.empty:
+        everything = ensemble[ensemble["model"] == "all"]
+        reduction = _est(everything, 0, "p_fail_reduction")
+        single = _est(everything, 0, "p_fail_single")
+        combined = _est(everything, 0, "p_fail_ensemble")
+        k_max = int(everything.iloc[0]["k_max"])
+        rows.append({
+            "claim": "Haab et al.: ensembling seeds makes attention explanations reliable",
+            "our measurement": f"P(AUROC at or below threshold) {single.text(percent=True)} for "
+                               f"one member vs {combined.text(percent=True)} for {k_max}; "
+                               f"reduction {reduction.text(percent=True)}",
+            "rule": "agree if the reduction's CI lies above 0, disagree if it lies below 0",
+            "verdict": _verdict(reduction.low > 0, reduction.high < 0)})
+    attention_pn = pos_neg[pos_neg["explainer"] == "attention"] if not pos_neg.empty else pos_neg
+    random_pn = pos_neg[pos_neg["explainer"] == "random"] if not pos_neg.empty else pos_neg
+    ig_pn = pos_neg[pos_neg["explainer"] == "integrated_gradients"] if not pos_neg.empty \
+        else pos_neg
+    for dataset in (attention_pn["dataset"].tolist() if not attention_pn.empty else []):
+        att = attention_pn[attention_pn["dataset"] == dataset].iloc[0]
+        rnd = random_pn[random_pn["dataset"] == dataset]
+        ig = ig_pn[ig_pn["dataset"] == dataset]
+        rnd_value = float(rnd.iloc[0]["auprc2"]) if not rnd.empty else math.nan
+        ig_text = f"; integrated gradients {float(ig.iloc[0]['auprc2']):.3f}" if not ig.empty \
+            else ""
+        near_random = abs(float(att["auprc2"]) - rnd_value) < 0.1
+        rows.append({
+            "claim": "xMIL: on Pos-Neg, attention MIL has high bag AUROC (0.97) but attention "
+                     "AUPRC-2 near random (0.45 vs 0.42); IG about 0.9",
+            "our measurement": f"{dataset}, attention model: bag AUROC {att['bag_auroc']:.3f}; "
+                               f"attention AUPRC-2 {float(att['auprc2']):.3f} [{att['auprc2_ci_low']:.3f}, "
+                               f"{att['auprc2_ci_high']:.3f}] vs random {rnd_value:.3f}{ig_text}",
+            "rule": "agree if attention AUPRC-2 is within 0.1 of random while bag AUROC >= 0.9",
+            "verdict": _verdict(near_random and att["bag_auroc"] >= 0.9,
+                                not near_random)})
+    if not units.empty:
+        by_model = units.groupby("model", sort=False)["flagged"].max()
+        with_attention = set(members.loc[members["explainer"] == "attention", "model"])
+        attention_models = [m for m in by_model.index if m in with_attention]
+        failing = [m for m in attention_models if by_model[m] >= 0.5]
+        rows.append({
+            "claim": "Raff & Holt: well-known deep MIL models each fail at least one algorithmic "
+                     "unit test (poison / false frequency)",
+            "our measurement": f"{len(failing)} of {len(attention_models)} attention-based models "
+                               f"fail (>= half of their members flagged) on at least one test"
+                               + (f": {', '.join(failing)}" if failing else ""),
+            "rule": "agree if every model fails one, disagree if none does",
+            "verdict": _verdict(len(failing) == len(attention_models) and failing != [],
+                                not failing)})
+    digits = members[(members["rule"] == "presence") & (members["modality"] == "image")
+                     & (members["explainer"] == "attention")
+                     & members["model"].isin(["attention", "gated_attention"])]
+    if not digits.empty:
+        estimate = cluster_bootstrap(digits["importance"], digits["cell_id"])
+        rows.append({
+            "claim": "Ilse et al.: (gated) attention marks the key digit in MNIST-bags-style data",
+            "our measurement": f"attention / gated_attention on image presence bags: mean "
+                               f"importance AUROC {estimate.text()}",
+            "rule": "agree if the mean AUROC is >= 0.8, disagree if its CI lies below 0.7",
+            "verdict": _verdict(estimate.value >= 0.8, estimate.high < 0.7)})
+    return pd.DataFrame(rows, columns=["claim", "our measurement", "rule", "verdict"])
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def _section_quality(study: StudyView, members: pd.DataFrame) -> tuple[list[str], dict[str, pd.DataFrame]]:
+    tables: dict[str, pd.DataFrame] = {}
+    lines = ["## 1. How often does attention reflect the witnesses?", "",
+             "Per trained member with attention weights (models `mean` and `max` have none): "
+             "mean importance AUROC, the share of members whose AUROC is above the threshold "
+             "(all members, and members that learned the task), and the silent-failure rate. "
+             "Brackets: 95% cluster-bootstrap CIs over cells.", ""]
+    prefixes = {"auroc": "AUROC", "reflects": "above threshold",
+                "reflects_if_learned": "above threshold if learned", "silent": "silent"}
+    percent = ("reflects", "reflects_if_learned", "silent")
+    attention_rows = members[members["explainer"] == "attention"].assign(scope="all")
+    everything = explanation_quality(attention_rows, "scope")
+    tables["quality_all"] = everything
+    for by, title, order in (("modality", "modality", list(ATTENTION_MODALITIES)),
+                             ("rule", "rule", None), ("model", "model", study.models)):
+        frame = explanation_quality(members, by, order=order)
+        tables[f"quality_by_{by}"] = frame
+        if frame.empty:
+            continue
+        lines += [f"**By {title}.**", "",
+                  to_markdown(_with_ci(frame, prefixes, [by, "cells", "members", "learned"],
+                                       percent)).rstrip(), ""]
+    if not everything.empty:
+        lines += ["**Overall.**", "", to_markdown(_with_ci(
+            everything, prefixes, ["scope", "cells", "members", "learned"], percent)).rstrip(), ""]
+    return lines, tables
+
+
+def write_results_page(results_dir: str | Path, out: str | Path, *,
+                       command: str = "make results", progress: Progress | None = None) -> Path:
+    """Write `out` (Markdown) and its assets directory (`out` without suffix: figures/ and
+    tables/) from the study in `results_dir`. Atomic: a failure leaves the old page in place.
+    Raises SpecError when the store holds no finished cell."""
+    tell = progress or (lambda _message: None)
+    study = load_study(results_dir)
+    if not study.done:
+        raise SpecError("results_dir", str(results_dir), "a study with at least one finished cell")
+    page = Path(out)
+    if page.suffix != ".md":
+        raise SpecError("out", str(page), "a Markdown file path ending in .md")
+    assets = page.with_suffix("")
+    page.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".results-staging-", dir=page.parent))
+    try:
+        text = _render(study, staging, assets.name, command, tell)
+        (staging / "page.md").write_text(text, encoding="utf-8")
+        if assets.exists():
+            shutil.rmtree(assets)
+        os.replace(staging / "assets", assets)
+        os.replace(staging / "page.md", page)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    tell("done")
+    return page
+
+
+def _render(study: StudyView, staging: Path, assets_name: str, command: str,
+            tell: Progress) -> str:
+    assets = staging / "assets"
+    (assets / FIGURE_DIR).mkdir(parents=True)
+    (assets / TABLE_DIR).mkdir(parents=True)
+    tell("report figures and tables")
+    report_dir = staging / "report"
+    write_report(study.directory, report_dir)
+    figures = {name for name in REPORT_FIGURES
+               if (report_dir / FIGURE_DIR / f"{name}.png").is_file()}
+    for name in figures:
+        shutil.copy2(report_dir / FIGURE_DIR / f"{name}.png", assets / FIGURE_DIR / f"{name}.png")
+    for name in REPORT_TABLES:
+        shutil.copy2(report_dir / TABLE_DIR / f"{name}.csv", assets / TABLE_DIR / f"{name}.csv")
+
+    tell("findings")
+    members = member_frame(study)
+    quality_lines, tables = _section_quality(study, members)
+    silent = silent_cells(study)
+    ensemble = ensembling(study, order=study.models)
+    comparison = explainer_comparison(members, order=study.explainers)
+    units = unit_tests(study, order=study.models)
+    pos_neg = pos_neg_check(members)
+    tell("agreement vs truth")
+    bags = agreement_frame(study)
+    correlations = agreement_correlations(bags) if not bags.empty else pd.DataFrame()
+    claims = claims_table(study, tables["quality_all"], ensemble, units, pos_neg, members)
+    tables.update({"silent_cells": silent, "ensembling": ensemble,
+                   "explainer_comparison": comparison, "unit_tests": units, "pos_neg": pos_neg,
+                   "agreement_correlations": correlations, "claims": claims})
+    for name, frame in tables.items():
+        frame.to_csv(assets / TABLE_DIR / f"{name}.csv", index=False)
+    palette = Palette.for_names(study.models, study.explainers)
+    with report_style():
+        figure = agreement_figure(bags, study.models, palette) if not bags.empty else None
+        if figure is not None:
+            save_figure(figure, assets / FIGURE_DIR, "A", "agreement_vs_truth",
+                        "Member agreement vs true explanation quality", "")
+            (assets / FIGURE_DIR / "agreement_vs_truth.svg").unlink()
+            figures.add("agreement_vs_truth")
+
+    def fig(name: str, title: str) -> list[str]:
+        return [_figure_line(name, title, assets_name), ""] if name in figures else []
+
+    criteria = study.done[0].criteria
+    n_members = int(study.members.drop_duplicates(["cell_id", "member"]).shape[0])
+    lines = [
+        f"# Results: the `{study.name}` study", "",
+        f"Generated by `{command}` from the results store `{study.directory}/results.sqlite`: "
+        f"{len(study.done)} finished cells ({len(study.failed)} failed), {len(study.datasets)} "
+        f"datasets x {len(study.models)} models, {n_members} trained members, explainers "
+        f"{', '.join(study.explainers)}. Do not edit this page by hand: rerun the command. "
+        f"The tables behind every number are in [{assets_name}/{TABLE_DIR}]"
+        f"({assets_name}/{TABLE_DIR}/).", "",
+        f"Thresholds: a member *learned* the task when its bag {criteria['bag_metric']} is at least "
+        f"{criteria['min_bag_score']}; its explanation *reflects the witnesses* when the importance "
+        f"{criteria['importance_metric']} (per bag, averaged over bags with witnesses and "
+        f"non-witnesses) is above {criteria['max_importance']}; a *silent failure* is a member "
+        "that learned the task and does not reflect the witnesses. Intervals are 95% percentile "
+        "bootstraps that resample whole cells (the members of a cell share their data).", "",
+        "## Comparison with the published claims", "",
+        to_markdown(claims).rstrip(), "",
+    ]
+    lines += quality_lines
+    lines += fig("importance_distribution", "Importance AUROC per dataset and model")
+    lines += ["## 2. Where and how often do silent failures happen?", "",
+              f"{int(silent['silent'].sum()) if not silent.empty else 0} silent attention "
+              f"members in {len(silent)} dataset x model pairs (worst first; all pairs with at "
+              "least one silent member).", ""]
+    if not silent.empty:
+        lines += [to_markdown(silent.head(25)).rstrip(), ""]
+    lines += fig("silent_failures", "Bag score vs importance AUROC per member")
+    lines += ["## 3. How much does ensembling reduce the risk?", "",
+              "Per model, from each cell's ensemble-size curve (random member subsets of size k, "
+              "combined by the study's rule): mean AUROC and the probability that the "
+              "explanation is at or below the threshold (P(fail)) for one member and for the "
+              "whole ensemble, the paired gain, and the silent-failure rate of single members "
+              "vs the combined ensemble.", ""]
+    if not ensemble.empty:
+        lines += [to_markdown(_with_ci(
+            ensemble, {"auroc_single": "AUROC k=1", "auroc_ensemble": "AUROC k=max",
+                       "auroc_gain": "gain", "p_fail_single": "P(fail) k=1",
+                       "p_fail_ensemble": "P(fail) k=max", "p_fail_reduction": "reduction",
+                       "silent_single": "silent k=1", "silent_ensemble": "silent ensemble"},
+            ["model", "cells", "k_max"],
+            ("p_fail_single", "p_fail_ensemble", "p_fail_reduction", "silent_single",
+             "silent_ensemble"))).rstrip(), ""]
+    lines += fig("ensemble_size", "Ensemble-size curves")
+    lines += ["## 4. How do the other explainers compare with attention?", "",
+              "Per explainer over every member it ran on (all models); the paired columns use "
+              "only members of models with attention weights and compare on the same member.", ""]
+    if not comparison.empty:
+        lines += [to_markdown(_with_ci(
+            comparison, {"auroc": "AUROC", "silent": "silent", "minus_reference":
+                         "AUROC - attention", "beats_reference": "beats attention"},
+            ["explainer", "cells", "members", "paired_members"],
+            ("silent", "beats_reference"))).rstrip(), ""]
+    lines += fig("deletion_curves", "Deletion curves")
+    lines += ["## 5. Which models fail the algorithmic unit tests?", "",
+              "Rules `poison` and `false_frequency` shift the test split on purpose (Raff & Holt). "
+              "A member is flagged when it passes the training distribution (validation bag "
+              "score >= 0.9) and then fails (< 0.6) or drops by more than 0.2 on the shifted "
+              "test.", ""]
+    if not units.empty:
+        lines += [to_markdown(_with_ci(units, {"flagged": "members flagged"},
+                                       ["rule", "model", "cells", "members", "val_score",
+                                        "test_score", "ensemble_flagged"],
+                                       ("flagged",))).rstrip(), ""]
+    lines += ["## 6. Is member agreement a usable reliability signal without labels?", "",
+              "For every cell with attention, the members' attention is compared without any "
+              "label (mean pairwise Spearman correlation per bag; top-10% overlap) and set "
+              "against the true importance AUROC of their consensus. This is what "
+              "`attnsets explain-data` reports on a user's own data (docs/own_data.md).", ""]
+    if not correlations.empty:
+        lines += [to_markdown(correlations).rstrip(), ""]
+    lines += fig("agreement_vs_truth", "Member agreement vs true explanation quality")
+    examples = [n for n in ("example_image", "example_sequence", "example_vector")
+                if n in figures]
+    if examples:
+        lines += ["## 7. Example bags", ""]
+        for name in examples:
+            lines += fig(name, name.replace("_", " "))
+    lines += ["## Limitations", "",
+              "- Synthetic data only: the witnesses are known because we made them. The numbers "
+              "say how these models behave on these rules, sizes and training budgets.",
+              f"- {len({c.replicate for c in study.done})} replicate dataset seed(s) per "
+              "dataset x model; intervals over cells are wide where a group has few cells.",
+              "- The thresholds above decide what counts as learned, reflecting and silent; the "
+              "per-member tables (CSV) allow other choices.", ""]
+    return "\n".join(lines)

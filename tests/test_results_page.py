@@ -1,0 +1,209 @@
+"""docs/results.md generation: cluster-bootstrap intervals, findings cross-checked against the
+store, the page's links, atomic writes and the CLI, on a small real study."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from attnsets.cli import app
+from attnsets.errors import SpecError
+from attnsets.report.collect import load_study
+from attnsets.report.findings import (
+    agreement_frame,
+    cluster_bootstrap,
+    ensembling,
+    explanation_quality,
+    member_frame,
+    unit_tests,
+)
+from attnsets.report.results_page import write_results_page
+from attnsets.study.config import validate_config
+from attnsets.study.runner import run_study
+
+SMALL_BAGS = {"kind": "normal", "mean": 8, "sd": 1, "min": 5}
+SPLITS = {"train": 32, "val": 16, "test": 16}
+RAW = {
+    "study": {"name": "page-test", "seeds": [0, 1], "members": 3,
+              "explainers": ["attention", "integrated_gradients", "random"], "bootstrap": 10,
+              "curve_subsets": 4},
+    "training": {"epochs": 3, "batch_size": 16},
+    "thresholds": {"min_bag_score": 0.5, "max_importance": 0.7},
+    "datasets": [
+        {"name": "vectors-pos_neg", "pool": {"name": "gaussian", "dim": 4, "num_concepts": 5,
+                                              "separation": 6.0},
+         "rule": {"name": "pos_neg", "positive": [1], "negative": [2]},
+         "witnesses": {"count": [1, 3]}, "bag_size": SMALL_BAGS, "bags": SPLITS},
+        {"name": "vectors-poison", "pool": {"name": "gaussian", "dim": 4, "num_concepts": 5,
+                                             "separation": 6.0},
+         "rule": {"name": "poison", "key": 2, "poison": 4}, "bag_size": SMALL_BAGS,
+         "bags": SPLITS},
+    ],
+    "models": [{"name": "attention", "pooling": "attention", "embed_dim": 8},
+               {"name": "mean", "pooling": "mean", "embed_dim": 8}],
+}
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("page_study")
+    summary = run_study(validate_config(RAW), out, workers=1, show_progress=False)
+    assert summary.done == 8 and summary.failed == 0, summary.failures
+    return out
+
+
+@pytest.fixture(scope="module")
+def page(study_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_results_page(study_dir, tmp_path_factory.mktemp("docs") / "results.md",
+                              command="pytest")
+
+
+# --------------------------------------------------------------------------- cluster bootstrap
+
+
+def test_cluster_bootstrap_with_singleton_clusters_is_the_plain_bootstrap() -> None:
+    rng = np.random.default_rng(0)
+    values = rng.normal(0.7, 0.1, 300)
+    estimate = cluster_bootstrap(values, np.arange(300), n_boot=4000, seed=1)
+    plain = values[rng.integers(0, 300, (4000, 300))].mean(axis=1)
+    low, high = np.quantile(plain, [0.025, 0.975])
+    assert estimate.value == pytest.approx(values.mean())
+    assert estimate.low == pytest.approx(low, abs=0.004)
+    assert estimate.high == pytest.approx(high, abs=0.004)
+    assert estimate.n == 300 and estimate.clusters == 300
+
+
+def test_cluster_bootstrap_widens_for_correlated_members_and_skips_nan() -> None:
+    rng = np.random.default_rng(2)
+    cell_effect = np.repeat(rng.normal(0, 0.2, 20), 5)  # 20 cells x 5 members sharing data
+    values = 0.7 + cell_effect + rng.normal(0, 0.01, 100)
+    clustered = cluster_bootstrap(values, np.repeat(np.arange(20), 5), seed=0)
+    naive = cluster_bootstrap(values, np.arange(100), seed=0)
+    assert clustered.high - clustered.low > 1.8 * (naive.high - naive.low)
+    with_nan = cluster_bootstrap(np.r_[values, np.nan], np.r_[np.repeat(np.arange(20), 5), 99])
+    assert with_nan.value == pytest.approx(values.mean()) and with_nan.clusters == 20
+
+
+def test_cluster_bootstrap_degenerate_cases() -> None:
+    one = cluster_bootstrap([0.2, 0.4], ["a", "a"])
+    assert one.value == pytest.approx(0.3) and math.isnan(one.low) and one.text() == "0.300 (1 cell)"
+    empty = cluster_bootstrap([np.nan], ["a"])
+    assert math.isnan(empty.value) and empty.text() == "–"
+    rate = cluster_bootstrap([1.0, 0.0, 1.0, 1.0], ["a", "b", "c", "d"], seed=0)
+    assert rate.text(percent=True).startswith("75% [")
+
+
+# --------------------------------------------------------------------------- findings vs store
+
+
+def test_quality_table_matches_the_member_rows(study_dir: Path) -> None:
+    study = load_study(study_dir)
+    members = member_frame(study)
+    attention = members[members["explainer"] == "attention"]
+    assert set(attention["model"]) == {"attention"}  # mean pooling has no attention weights
+    table = explanation_quality(members, "rule")
+    for _, row in table.iterrows():
+        part = attention[attention["rule"] == row["rule"]]
+        assert row["members"] == len(part) == 2 * 3
+        assert row["auroc"] == pytest.approx(part["importance"].mean())
+        assert row["reflects"] == pytest.approx((part["importance"] > 0.7).mean())
+        assert row["silent"] == pytest.approx(part["silent"].mean())
+        assert row["auroc_ci_low"] <= row["auroc"] <= row["auroc_ci_high"]
+
+
+def test_agreement_truth_is_the_stored_ensemble_auroc(study_dir: Path) -> None:
+    """The consensus AUROC per bag, averaged, must equal the ensemble importance AUROC that
+    assess stored for the same cell (both combine members by mean_normalised)."""
+    study = load_study(study_dir)
+    bags = agreement_frame(study)
+    assert set(bags["model"]) == {"attention"}
+    for cell in study.cells(model="attention"):
+        part = bags[bags["cell_id"] == cell.cell_id]
+        stored = cell.metrics["ensemble"]["attention"]["auroc"]
+        assert part["consensus_auroc"].mean() == pytest.approx(stored, abs=1e-6)
+        defined = part["rank_agreement"].dropna()
+        assert ((defined >= -1 - 1e-9) & (defined <= 1 + 1e-9)).all()
+
+
+def test_ensembling_and_unit_test_tables(study_dir: Path) -> None:
+    study = load_study(study_dir)
+    table = ensembling(study)
+    assert list(table["model"]) == ["attention", "all"]
+    row = table.iloc[0]
+    assert row["cells"] == 4 and row["k_max"] == 3
+    assert row["auroc_gain"] == pytest.approx(row["auroc_ensemble"] - row["auroc_single"])
+    units = unit_tests(study)
+    assert set(units["rule"]) == {"poison"} and set(units["model"]) == {"attention", "mean"}
+    flags = [f["flagged"] for c in study.cells("vectors-poison", "mean")
+             for f in c.metrics["unit_test"]["members"]]
+    assert units.set_index("model").loc["mean", "flagged"] == pytest.approx(np.mean(flags))
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def test_page_links_resolve_and_every_section_is_there(page: Path) -> None:
+    text = page.read_text()
+    assets = page.with_suffix("")
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert "results/figures/agreement_vs_truth.png" in links
+    for link in links:
+        assert (page.parent / link).is_file(), link
+    for heading in ("Comparison with the published claims", "## 1.", "## 2.", "## 3.", "## 4.",
+                    "## 5.", "## 6.", "Limitations"):
+        assert heading in text
+    assert "Generated by `pytest`" in text and "nan" not in text.lower().replace("nanmean", "")
+    for name in ("claims", "quality_by_model", "ensembling", "explainer_comparison",
+                 "unit_tests", "agreement_correlations", "headline"):
+        assert (assets / "tables" / f"{name}.csv").is_file(), name
+    claims = pd.read_csv(assets / "tables" / "claims.csv")
+    assert claims["verdict"].isin(["agree", "disagree", "partly"]).all()
+    assert any("xMIL" in c for c in claims["claim"]) and any("Raff" in c for c in claims["claim"])
+    assert not list(page.parent.glob(".results-staging-*"))
+
+
+def test_page_numbers_come_from_the_store(page: Path, study_dir: Path) -> None:
+    members = member_frame(load_study(study_dir))
+    att = members[(members["explainer"] == "attention")]
+    overall = pd.read_csv(page.with_suffix("") / "tables" / "quality_all.csv").iloc[0]
+    assert overall["auroc"] == pytest.approx(att["importance"].mean())
+    assert f"{overall['auroc']:.3f} [{overall['auroc_ci_low']:.3f}" in page.read_text()
+
+
+def test_a_failure_leaves_the_old_page(study_dir: Path, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "results.md"
+    out.write_text("old page")
+    import attnsets.report.results_page as results_page
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(results_page, "agreement_frame", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_results_page(study_dir, out)
+    assert out.read_text() == "old page"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.md"]
+
+
+def test_bad_inputs_name_the_field(study_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="out"):
+        write_results_page(study_dir, tmp_path / "results.html")
+    with pytest.raises(SpecError, match="results_dir"):
+        write_results_page(tmp_path / "missing", tmp_path / "results.md")
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_writes_the_page(study_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "docs" / "page.md"
+    result = CliRunner().invoke(app, ["results-page", str(study_dir), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and (tmp_path / "docs" / "page" / "figures").is_dir()
+    missing = CliRunner().invoke(app, ["results-page", str(tmp_path / "nope")])
+    assert missing.exit_code != 0 and "results_dir" in missing.output
