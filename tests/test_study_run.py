@@ -217,3 +217,57 @@ def _assert_close(x: Any, y: Any) -> None:
         assert y == pytest.approx(x, abs=1e-6)
     else:
         assert x == y
+
+
+def _children(pid: int) -> set[int]:
+    """Worker processes (multiprocessing spawn_main) whose parent is `pid`."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == pid and b"spawn_main" in cmdline:
+            found.add(int(entry.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited; only its parent's reaping is left
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux")
+def test_workers_do_not_outlive_a_killed_driver(tmp_path: Path) -> None:
+    """Each cell trains for minutes, so a worker that is gone seconds after kill -9 of the
+    driver was stopped by the parent-death signal, not by finishing its cell."""
+    raw = tiny(cells_per_model=2, name="orphans")
+    raw["training"].update({"epochs": 100000, "patience": 100000})
+    config = _toml(raw, tmp_path / "study.toml")
+    proc = subprocess.Popen([sys.executable, "-m", "attnsets.cli", "run", str(config), "--workers",
+                             "2", "--out", str(tmp_path / "out")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    workers: set[int] = set()
+    while len(workers) < 2 and time.time() < deadline and proc.poll() is None:
+        workers = _children(proc.pid)
+        time.sleep(0.05)
+    assert proc.poll() is None and len(workers) == 2, "no two workers started"
+    time.sleep(3)  # into the training loop
+    assert all(_running(w) for w in workers)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_running(w) for w in workers):
+        time.sleep(0.1)
+    alive = [w for w in workers if _running(w)]
+    for w in alive:  # do not leave them behind
+        os.kill(w, signal.SIGKILL)
+    assert not alive, f"workers {alive} outlived the driver"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import concurrent.futures as futures
 import multiprocessing
 import os
+import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -38,6 +40,22 @@ def guarded(run_cell: CellFn, cell: Any, threads: int) -> CellRecord:
         return failed_record(cell, error, started)
 
 
+def die_with_parent() -> None:
+    """Worker initializer (Linux): the kernel sends this worker SIGTERM when the driver dies,
+    even by kill -9, so no orphan keeps computing a cell nobody will store."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not glibc / no prctl: orphans finish their cell and exit
+        return
+    if os.getppid() == 1:  # the driver died before prctl took effect
+        os._exit(1)
+
+
 def run_cells(cells: Sequence[Any], run_cell: CellFn, *, workers: int = 1,
               executor: str = "local", address: str | None = None) -> Iterator[CellRecord]:
     """Yield one record per cell, in completion order."""
@@ -53,7 +71,8 @@ def run_cells(cells: Sequence[Any], run_cell: CellFn, *, workers: int = 1,
             yield guarded(run_cell, cell, threads)
     else:
         context = multiprocessing.get_context("spawn")  # fork + torch threads can deadlock
-        with futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        with futures.ProcessPoolExecutor(workers, mp_context=context,
+                                         initializer=die_with_parent) as pool:
             pending = {pool.submit(guarded, run_cell, cell, threads): cell for cell in cells}
             for future in futures.as_completed(pending):
                 try:
