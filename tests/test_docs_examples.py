@@ -41,8 +41,10 @@ REGISTRIES: dict[str, Registry[Any]] = {"pool": POOLS, "rule": RULES, "encoder":
 EXPECTED_PLUGINS = {"extend_data.md": {"pool", "rule"},
                     "extend_models.md": {"encoder", "pooling"},
                     "extend_explainers.md": {"explainer"}}
-COMMAND = re.compile(r"^\s*(?:\$\s+)?attnsets\s+([A-Za-z][\w-]*)", re.M)
-INLINE_COMMAND = re.compile(r"`attnsets\s+([A-Za-z][\w-]*)[^`]*`")
+#: Global options (`--plugin FILE`) may stand between `attnsets` and the command.
+GLOBAL_OPTIONS = r"(?:(?:--plugin|-p)\s+\S+\s+)*"
+COMMAND = re.compile(rf"^\s*(?:\$\s+)?attnsets\s+{GLOBAL_OPTIONS}([A-Za-z][\w-]*)", re.M)
+INLINE_COMMAND = re.compile(rf"`attnsets\s+{GLOBAL_OPTIONS}([A-Za-z][\w-]*)[^`]*`")
 
 
 def fenced_blocks(path: Path, language: str | None = None) -> list[str]:

@@ -271,3 +271,51 @@ def test_workers_do_not_outlive_a_killed_driver(tmp_path: Path) -> None:
     for w in alive:  # do not leave them behind
         os.kill(w, signal.SIGKILL)
     assert not alive, f"workers {alive} outlived the driver"
+
+
+PLUGIN = '''
+from dataclasses import dataclass
+
+import numpy as np
+
+from attnsets.data.pools.base import POOLS, InstancePool
+
+
+@POOLS.register("cubes_plugin")
+@dataclass
+class Cubes(InstancePool):
+    dim: int = 3
+
+    @property
+    def n_concepts(self) -> int:
+        return 4
+
+    @property
+    def instance_shape(self) -> tuple[int, ...]:
+        return (self.dim,)
+
+    def draw(self, concepts, split, rng):
+        return (3.0 * concepts[:, None] + rng.random((len(concepts), self.dim))).astype(np.float32)
+'''
+
+
+def test_cli_plugins_reach_spawned_workers(tmp_path: Path) -> None:
+    """A pool registered by `--plugin my_plugin.py` is known to the config validation in the
+    driver and to the spawned worker processes that run the cells."""
+    (tmp_path / "my_plugin.py").write_text(PLUGIN)
+    raw = tiny(cells_per_model=2, name="plugged")
+    raw["datasets"][0]["pool"] = {"name": "cubes_plugin", "dim": 3}
+    config = _toml(raw, tmp_path / "study.toml")
+    env = {k: v for k, v in os.environ.items() if k != "ATTNSETS_PLUGINS"}
+    base = [sys.executable, "-m", "attnsets.cli"]
+    run = [*base, "--plugin", str(tmp_path / "my_plugin.py"), "run", str(config), "--workers",
+           "2", "--out", str(tmp_path / "out")]
+    without = subprocess.run([*base, "run", str(config), "--out", str(tmp_path / "no")], env=env,
+                             capture_output=True, text=True)
+    assert without.returncode == 2 and "cubes_plugin" in without.stdout + without.stderr
+    done = subprocess.run(run, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _done_cells(tmp_path / "out") == 2
+    missing = subprocess.run([*base, "--plugin", "no_such_plugin_module", "datasets"], env=env,
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and "plugin" in missing.stdout + missing.stderr

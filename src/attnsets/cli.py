@@ -21,6 +21,22 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
+@app.callback()
+def _load_plugins(
+    plugin: list[str] = typer.Option(
+        [], "--plugin", "-p",
+        help="module (dotted name or .py file) that registers your pools, rules, encoders, "
+             "poolings or explainers; repeatable; also read from $ATTNSETS_PLUGINS"),
+) -> None:
+    """Can the attention weights of a set model be trusted as an explanation?"""
+    from attnsets.registry import load_plugins
+
+    try:
+        load_plugins(plugin)
+    except SpecError as err:
+        _fail(err)
+
+
 def _fail(err: Exception) -> None:
     err_console.print(f"[bold red]error:[/] {err}")
     raise typer.Exit(code=2)

@@ -92,3 +92,43 @@ def describe_parameters(factory: Any) -> list[tuple[str, str, str]]:
         type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
         rows.append((f.name, str(type_name), default))
     return rows
+
+
+#: Comma-separated modules imported by the CLI and by every study worker process, so plugins
+#: registered at import time exist wherever a cell runs (spawned workers inherit the variable).
+PLUGINS_ENV = "ATTNSETS_PLUGINS"
+
+
+def load_plugins(modules: list[str] | tuple[str, ...] | None = None) -> list[str]:
+    """Import plugin modules (dotted names on sys.path, or paths to .py files) plus those listed
+    in $ATTNSETS_PLUGINS; record them in $ATTNSETS_PLUGINS for worker processes. Returns the
+    modules loaded. An unimportable module raises SpecError naming it."""
+    import importlib
+    import importlib.util
+    import os
+    import sys
+    from pathlib import Path
+
+    names = [m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",") if m.strip()]
+    names += [m for m in (modules or []) if m not in names]
+    for name in names:
+        try:
+            if name.endswith(".py"):
+                path = Path(name).resolve()
+                module_name = f"attnsets_plugin_{path.stem}"
+                if module_name in sys.modules:
+                    continue
+                spec = importlib.util.spec_from_file_location(module_name, path)
+                if spec is None or spec.loader is None or not path.is_file():
+                    raise ImportError(f"no such file: {path}")
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[module_name] = module
+                spec.loader.exec_module(module)
+            else:
+                importlib.import_module(name)
+        except ImportError as err:
+            raise SpecError("plugin", name, f"an importable module or .py file ({err})") from None
+    if names:
+        os.environ[PLUGINS_ENV] = ",".join(str(Path(n).resolve()) if n.endswith(".py") else n
+                                           for n in names)
+    return names

@@ -32,8 +32,14 @@ def guarded(run_cell: CellFn, cell: Any, threads: int) -> CellRecord:
     """Run one cell; any exception (bad data, NaN loss, a user plugin) becomes a failed record."""
     import torch
 
+    from attnsets.registry import load_plugins
+
     torch.set_num_threads(threads)
     started = time.time()
+    try:
+        load_plugins()  # a spawned worker has not imported the driver's plugins yet
+    except Exception as error:  # noqa: BLE001 - reported as this cell's failure
+        return failed_record(cell, error, started)
     try:
         return run_cell(cell)
     except Exception as error:  # noqa: BLE001 - a failing cell must not stop the study
@@ -94,7 +100,13 @@ def _run_ray(cells: Sequence[Any], run_cell: CellFn, workers: int, threads: int,
             ray.init(address=address, log_to_driver=False)
         else:
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-    remote = ray.remote(num_cpus=1)(guarded)
+    from attnsets.registry import PLUGINS_ENV
+
+    plugins = os.environ.get(PLUGINS_ENV, "")
+    options: dict[str, Any] = {"num_cpus": 1}
+    if plugins:  # Ray workers do not inherit the driver's environment
+        options["runtime_env"] = {"env_vars": {PLUGINS_ENV: plugins}}
+    remote = ray.remote(**options)(guarded)
     try:
         pending = {remote.remote(run_cell, cell, threads): cell for cell in cells}
         while pending:
