@@ -259,3 +259,28 @@ def test_iterate_batches_covers_every_bag_once(dataset: SetDataset) -> None:
     np.testing.assert_array_equal(labels, dataset.test.labels)
     shuffled = list(iterate_batches(dataset.test, 3, shuffle=True, rng=np.random.default_rng(1)))
     assert sorted(torch.cat([b.labels for b in shuffled]).tolist()) == sorted(labels.tolist())
+
+
+def test_a_rule_whose_sampler_contradicts_its_label_is_refused() -> None:
+    """The generator checks every drawn bag against rule.label(): a buggy plugin rule fails
+    loudly instead of producing mislabelled bags."""
+    from dataclasses import dataclass
+
+    from attnsets.data.rules.base import RULES
+    from attnsets.data.rules.presence import Presence
+    from attnsets.errors import SpecError
+
+    @dataclass
+    class AlwaysNegative(Presence):
+        def label(self, concepts: np.ndarray) -> int:
+            return 0
+
+    RULES.register("always_negative_test")(AlwaysNegative)
+    try:
+        spec = DatasetSpec.from_dict({"pool": {"name": "gaussian"},
+                                      "rule": {"name": "always_negative_test", "key": 1},
+                                      "bags": {"train": 4, "val": 4, "test": 4}})
+        with pytest.raises(SpecError, match="rule.*always_negative_test.*labelled 0"):
+            make_dataset(spec)
+    finally:
+        RULES.unregister("always_negative_test")

@@ -96,6 +96,11 @@ def make_split(pool: InstancePool, rule: LabelRule, spec: DatasetSpec, split: st
     for label, size in zip(labels.tolist(), sizes.tolist(), strict=True):
         size = max(size, rule.required_size(label, split))
         concepts = rule.sample_concepts(label, size, pool.n_concepts, spec.witnesses, split, rng)
+        # A plugin rule whose sampler and label() disagree would silently mislabel bags.
+        if (got := rule.label(concepts)) != label:
+            raise SpecError("rule", spec.rule.name,
+                            f"a rule whose sample_concepts(label={label}) draws bags that its "
+                            f"label() also labels {label} (one {split} bag was labelled {got})")
         bag_concepts.append(rng.permutation(concepts.astype(np.int64)))
     sizes = np.array([len(c) for c in bag_concepts], dtype=np.int64)
     concepts = np.concatenate(bag_concepts)
