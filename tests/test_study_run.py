@@ -319,3 +319,16 @@ def test_cli_plugins_reach_spawned_workers(tmp_path: Path) -> None:
     missing = subprocess.run([*base, "--plugin", "no_such_plugin_module", "datasets"], env=env,
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "plugin" in missing.stdout + missing.stderr
+
+
+def test_an_in_process_study_restores_the_callers_torch_threads(tmp_path: Path) -> None:
+    before = torch.get_num_threads()
+    wanted = (os.cpu_count() or 1) + 1  # never what a cell sets (cores // workers)
+    torch.set_num_threads(wanted)
+    try:
+        summary = run_study(validate_config(tiny(cells_per_model=1, name="threads")), tmp_path,
+                            workers=1, show_progress=False)
+        assert summary.done == 1
+        assert torch.get_num_threads() == wanted
+    finally:
+        torch.set_num_threads(before)

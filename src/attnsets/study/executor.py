@@ -73,8 +73,14 @@ def run_cells(cells: Sequence[Any], run_cell: CellFn, *, workers: int = 1,
     if executor == "ray":
         yield from _run_ray(cells, run_cell, workers, threads, address)
     elif workers == 1:
-        for cell in cells:
-            yield guarded(run_cell, cell, threads)
+        import torch
+
+        caller_threads = torch.get_num_threads()
+        try:
+            for cell in cells:
+                yield guarded(run_cell, cell, threads)
+        finally:  # in-process cells must not leave the caller's thread setting changed
+            torch.set_num_threads(caller_threads)
     else:
         context = multiprocessing.get_context("spawn")  # fork + torch threads can deadlock
         with futures.ProcessPoolExecutor(workers, mp_context=context,
