@@ -224,6 +224,34 @@ def _section_quality(study: StudyView, members: pd.DataFrame) -> tuple[list[str]
     return lines, tables
 
 
+def run_facts(directory: Path) -> str:
+    """One sentence on how the store was produced: summed cell time, first start, last finish
+    and the package versions of the cells."""
+    import json
+    import time
+
+    from attnsets.study.store import ResultsStore
+
+    store = ResultsStore(directory)
+    try:
+        first, last, total = store.db.execute(
+            "SELECT MIN(started), MAX(finished), SUM(seconds) FROM cells WHERE status = 'done'"
+        ).fetchone()
+        versions = {row[0] for row in store.db.execute(
+            "SELECT DISTINCT versions FROM cells WHERE status = 'done'")}
+    finally:
+        store.close()
+    if first is None:
+        return ""
+    stamp = "%Y-%m-%d %H:%M UTC"
+    parsed = [json.loads(v) for v in versions]
+    shown = "; ".join(", ".join(f"{k} {v}" for k, v in sorted(p.items())) for p in parsed)
+    return (f"The cells took {total / 3600:.1f} h of worker time in total; the first started "
+            f"{time.strftime(stamp, time.gmtime(first))} and the last finished "
+            f"{time.strftime(stamp, time.gmtime(last))} (wall-clock span, including any "
+            f"interruption before a `--resume`). Versions: {shown}.")
+
+
 def write_results_page(results_dir: str | Path, out: str | Path, *,
                        command: str = "make results", progress: Progress | None = None) -> Path:
     """Write `out` (Markdown) and its assets directory (`out` without suffix: figures/ and
@@ -305,7 +333,7 @@ def _render(study: StudyView, staging: Path, assets_name: str, command: str,
         f"datasets x {len(study.models)} models, {n_members} trained members, explainers "
         f"{', '.join(study.explainers)}. Do not edit this page by hand: rerun the command. "
         f"The tables behind every number are in [{assets_name}/{TABLE_DIR}]"
-        f"({assets_name}/{TABLE_DIR}/).", "",
+        f"({assets_name}/{TABLE_DIR}/). {run_facts(study.directory)}", "",
         f"Thresholds: a member *learned* the task when its bag {criteria['bag_metric']} is at least "
         f"{criteria['min_bag_score']}; its explanation *reflects the witnesses* when the importance "
         f"{criteria['importance_metric']} (per bag, averaged over bags with witnesses and "
