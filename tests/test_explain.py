@@ -375,6 +375,30 @@ def test_integrated_gradients_completeness(bags: list[Bag]) -> None:
     torch.testing.assert_close(scores.sum(1), gap.float(), atol=2e-3, rtol=1e-2)
 
 
+def test_integrated_gradients_default_passes_are_bounded_and_exact(
+        bags: list[Bag], monkeypatch: pytest.MonkeyPatch) -> None:
+    """By default IG walks the path in passes of about IG_INSTANCES_PER_PASS instances (memory
+    stays flat for big bags); the scores equal one pass over every path point."""
+    import attnsets.explain.gradients as gradients
+
+    model = model_for("transformer_cls")
+    batch = collate(bags)
+    whole = explain(model, batch, "integrated_gradients", n_steps=24,
+                    internal_batch_size=24 * len(bags))
+    calls: list[int] = []
+    forward = model.forward
+
+    def counting(x: torch.Tensor, mask: torch.Tensor):  # type: ignore[no-untyped-def]
+        calls.append(x.shape[0])
+        return forward(x, mask)
+
+    monkeypatch.setattr(model, "forward", counting)
+    monkeypatch.setattr(gradients, "IG_INSTANCES_PER_PASS", 5 * len(bags) * batch.x.shape[1])
+    chunked = explain(model, batch, "integrated_gradients", n_steps=24)
+    assert max(calls) <= 5 * len(bags) and len(calls) >= 24 // 5
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-4)
+
+
 def test_gradient_methods_match_autograd(bags: list[Bag]) -> None:
     model = model_for("attention")
     batch = collate(bags)

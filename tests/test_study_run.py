@@ -332,3 +332,45 @@ def test_an_in_process_study_restores_the_callers_torch_threads(tmp_path: Path) 
         assert torch.get_num_threads() == wanted
     finally:
         torch.set_num_threads(before)
+
+
+DYING_CELLS = '''
+import os
+import signal
+import time
+
+from attnsets.study.store import CellRecord
+
+
+def run_cell(cell):
+    """replicate 1 kills its worker (as the OOM killer would); the others take a moment, so
+    a neighbour is in flight when the pool breaks."""
+    if cell.replicate == 1:
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.5)
+    return CellRecord(cell_id=cell.cell_id, study=cell.study, status="done", spec=cell.to_dict(),
+                      seeds=list(cell.seeds), config_hash=cell.config_hash)
+'''
+
+
+def test_a_worker_killed_by_the_os_costs_only_its_own_cell(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker SIGKILLed mid-cell (as the OOM killer does) breaks the process pool; only the
+    cells in flight become suspects and are rerun alone: the one that kills its worker again is
+    recorded as failed, its innocent neighbour and every other cell complete."""
+    import importlib
+
+    from attnsets.study.config import study_cells
+    from attnsets.study.executor import run_cells
+
+    (tmp_path / "dying_cells_module.py").write_text(DYING_CELLS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("dying_cells_module")
+    cells = study_cells(validate_config(tiny(cells_per_model=5, name="dying")))
+    records = {r.cell_id: r for r in run_cells(cells, module.run_cell, workers=2)}
+    by_replicate = {c.replicate: records[c.cell_id] for c in cells}
+    assert len(records) == 5
+    assert by_replicate[1].status == "failed" and "also when it ran alone" in (by_replicate[1].error or "")
+    assert all(by_replicate[r].status == "done" for r in (0, 2, 3, 4)), {  # 0 was in flight
+        r: (by_replicate[r].status, (by_replicate[r].error or "")[-300:]) for r in (0, 2, 3, 4)}

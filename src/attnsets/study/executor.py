@@ -10,7 +10,9 @@ import signal
 import sys
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from attnsets.errors import SpecError
@@ -82,15 +84,55 @@ def run_cells(cells: Sequence[Any], run_cell: CellFn, *, workers: int = 1,
         finally:  # in-process cells must not leave the caller's thread setting changed
             torch.set_num_threads(caller_threads)
     else:
-        context = multiprocessing.get_context("spawn")  # fork + torch threads can deadlock
-        with futures.ProcessPoolExecutor(workers, mp_context=context,
-                                         initializer=die_with_parent) as pool:
-            pending = {pool.submit(guarded, run_cell, cell, threads): cell for cell in cells}
-            for future in futures.as_completed(pending):
+        yield from _run_pool(cells, run_cell, workers, threads)
+
+
+def _run_pool(cells: Sequence[Any], run_cell: CellFn, workers: int, threads: int
+              ) -> Iterator[CellRecord]:
+    """Local worker processes with at most `workers` cells in flight. A worker killed by the OS
+    (e.g. out of memory) breaks the pool; only the cells in flight then are suspects: the others
+    go on in a fresh pool, and each suspect is rerun alone at the end (with the machine to
+    itself), so an innocent neighbour completes and the culprit is recorded as failed."""
+    queue = deque(cells)
+    suspects: deque[Any] = deque()
+    while queue:
+        yield from _pool_pass(queue, suspects, run_cell, workers, threads)
+    for cell in suspects:
+        alone: deque[Any] = deque([cell])
+        again: deque[Any] = deque()
+        yield from _pool_pass(alone, again, run_cell, 1, threads)
+        for culprit in again:
+            reason = RuntimeError("the worker process running this cell died, also when it ran "
+                                  "alone (killed by the OS, e.g. out of memory?)")
+            yield failed_record(culprit, reason, time.time())
+
+
+def _pool_pass(queue: deque[Any], suspects: deque[Any], run_cell: CellFn, workers: int,
+               threads: int) -> Iterator[CellRecord]:
+    """Run cells from `queue` until it is empty or the pool breaks; cells in flight when it
+    breaks are appended to `suspects`."""
+    context = multiprocessing.get_context("spawn")  # fork + torch threads can deadlock
+    with futures.ProcessPoolExecutor(workers, mp_context=context,
+                                     initializer=die_with_parent) as pool:
+        running: dict[futures.Future[CellRecord], Any] = {}
+        while queue or running:
+            while queue and len(running) < workers:
+                cell = queue.popleft()
+                running[pool.submit(guarded, run_cell, cell, threads)] = cell
+            finished, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
+            broken = False
+            for future in finished:
+                cell = running.pop(future)
                 try:
                     yield future.result()
-                except Exception as error:  # noqa: BLE001 - e.g. a worker killed by the OS
-                    yield failed_record(pending[future], error, time.time())
+                except BrokenProcessPool:
+                    broken = True
+                    suspects.append(cell)
+                except Exception as error:  # noqa: BLE001 - e.g. an unpicklable record
+                    yield failed_record(cell, error, time.time())
+            if broken:  # every cell still in flight died with the pool
+                suspects.extend(running.values())
+                return
 
 
 def _run_ray(cells: Sequence[Any], run_cell: CellFn, workers: int, threads: int,
