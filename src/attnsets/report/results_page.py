@@ -193,6 +193,62 @@ def claims_table(study: StudyView, quality_all: pd.DataFrame, ensemble: pd.DataF
     return pd.DataFrame(rows, columns=["claim", "our measurement", "rule", "verdict"])
 
 
+def glance(members: pd.DataFrame, quality_all: pd.DataFrame, silent: pd.DataFrame,
+           ensemble: pd.DataFrame, comparison: pd.DataFrame, units: pd.DataFrame,
+           correlations: pd.DataFrame) -> list[str]:
+    """The findings in a few sentences, every number taken from the tables below."""
+    points = []
+    if not quality_all.empty:
+        points.append(f"Attention reflects the witnesses (AUROC above the threshold) for "
+                      f"{_est(quality_all, 0, 'reflects').text(percent=True)} of trained members "
+                      f"with attention, {_est(quality_all, 0, 'reflects_if_learned').text(True)} of "
+                      "those that learned the task.")
+    if not silent.empty:
+        total = int(silent["silent"].sum())
+        by_model = silent.groupby("model")["silent"].sum().sort_values(ascending=False)
+        top = by_model.index[0]
+        points.append(f"{total} silent failures (accurate model, misleading attention); "
+                      f"{int(by_model.iloc[0])} of them are `{top}`, worst on "
+                      f"{silent.iloc[0]['dataset']} ({int(silent.iloc[0]['silent'])} of "
+                      f"{int(silent.iloc[0]['members'])} members; mean AUROC "
+                      f"{silent.iloc[0]['auroc']:.3f} at bag score {silent.iloc[0]['bag_score']:.3f}).")
+    elif not quality_all.empty:
+        points.append("No silent failure was observed.")
+    if not ensemble.empty:
+        everything = ensemble[ensemble["model"] == "all"]
+        points.append(f"Ensembling {int(everything.iloc[0]['k_max'])} members raises the mean "
+                      f"AUROC by {_est(everything, 0, 'auroc_gain').text()} and lowers P(fail) "
+                      f"by {_est(everything, 0, 'p_fail_reduction').text(percent=True)}.")
+    if not comparison.empty:
+        ranked = comparison[~comparison["explainer"].isin(["random"])].sort_values(
+            "auroc", ascending=False)
+        best = ranked.iloc[0]
+        table = comparison.set_index("explainer")
+        line = (f"Best explainer by mean AUROC: `{best['explainer']}` ({best['auroc']:.3f} over "
+                f"{int(best['cells'])} cells)")
+        if "attention" in table.index:
+            line += (f"; attention {float(table.loc['attention', 'auroc']):.3f} over "
+                     f"{int(table.loc['attention', 'cells'])} cells (explainers run on different "
+                     "models, so compare the paired columns of section 4).")
+        points.append(line if line.endswith(".") else line + ".")
+    if not units.empty:
+        for rule, part in units.groupby("rule", sort=False):
+            failing = part[part["flagged"] >= 0.5]["model"].tolist()
+            points.append(f"`{rule}` unit test: {len(failing)} of {len(part)} models have at "
+                          "least half of their members flagged"
+                          + (f" ({', '.join(failing)})." if failing else "."))
+    if not correlations.empty:
+        cell = correlations[correlations["level"] == "cell"].sort_values("spearman",
+                                                                          ascending=False)
+        if not cell.empty:
+            row = cell.iloc[0]
+            points.append(f"Label-free member agreement tracks explanation quality: per trained "
+                          f"ensemble, `{row['signal']}` has Spearman {row['spearman']:.2f} "
+                          f"[{row['spearman_ci_low']:.2f}, {row['spearman_ci_high']:.2f}] with the "
+                          "true consensus AUROC.")
+    return [f"- {p}" for p in points]
+
+
 # --------------------------------------------------------------------------- the page
 
 
@@ -340,6 +396,9 @@ def _render(study: StudyView, staging: Path, assets_name: str, command: str,
         f"non-witnesses) is above {criteria['max_importance']}; a *silent failure* is a member "
         "that learned the task and does not reflect the witnesses. Intervals are 95% percentile "
         "bootstraps that resample whole cells (the members of a cell share their data).", "",
+        "## Findings at a glance", "",
+        *glance(members, tables["quality_all"], silent, ensemble, comparison, units, correlations),
+        "",
         "## Comparison with the published claims", "",
         to_markdown(claims).rstrip(), "",
     ]
