@@ -33,8 +33,7 @@ def test_shipped_configs_validate() -> None:
     from attnsets.data import RULES
     from attnsets.models import POOLINGS
 
-    # ratio and any_of are left out to fit one session (see the config's header).
-    assert {c.dataset["rule"]["name"] for c in paper} == set(RULES.names()) - {"ratio", "any_of"}
+    assert {c.dataset["rule"]["name"] for c in paper} == set(RULES.names())
     assert {c.model["pooling"] for c in paper} == set(POOLINGS.names())
     assert {c.dataset["pool"]["name"] for c in paper} == {"gaussian", "digits", "sequences", "table"}
     assert len({c.replicate for c in paper}) >= 2
