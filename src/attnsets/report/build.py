@@ -141,7 +141,8 @@ GUIDE = ("How to read: a trustworthy explainer has importance AUROC well above 0
          "palette. See docs/report.md for details.")
 
 
-def _render(study: StudyView, staging: Path, progress: Progress) -> None:
+def render_report(study: StudyView, staging: Path, progress: Progress) -> None:
+    """Write report.html, figures/ and tables/ of an already loaded study into `staging`."""
     notes = missing_notes(study)
     progress("tables")
     headline = headline_table(study)
@@ -262,7 +263,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None, *,
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".report-staging-", dir=out))
     try:
-        _render(study, staging, tell)
+        render_report(study, staging, tell)
         _publish(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

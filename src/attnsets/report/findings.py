@@ -13,15 +13,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from attnsets.report.collect import CellView, StudyView
+from attnsets.assess import SHIFTED_TEST_RULES
+from attnsets.report.collect import StudyView
 
 #: Resamples behind every interval of the findings, and their level.
 N_BOOT = 2000
 LEVEL = 0.95
-#: Rules whose test split is shifted on purpose (Raff & Holt's algorithmic unit tests).
-UNIT_TEST_RULES = ("poison", "false_frequency")
-#: Models without attention weights: their rows for the attention explainer do not exist.
-NO_ATTENTION = "no attention weights"
 
 
 @dataclass(frozen=True)
@@ -235,7 +232,7 @@ def unit_tests(study: StudyView, order: list[str] | None = None) -> pd.DataFrame
     records = []
     for cell in study.done:
         unit = cell.metrics.get("unit_test")
-        if cell.rule not in UNIT_TEST_RULES or not unit:
+        if cell.rule not in SHIFTED_TEST_RULES or not unit:
             continue
         for k, flag in enumerate(unit.get("members", [])):
             records.append({"rule": cell.rule, "model": cell.model, "cell_id": cell.cell_id,
@@ -248,7 +245,7 @@ def unit_tests(study: StudyView, order: list[str] | None = None) -> pd.DataFrame
     if frame.empty:
         return frame
     tables = []
-    for rule in UNIT_TEST_RULES:
+    for rule in SHIFTED_TEST_RULES:
         part_rule = frame[frame["rule"] == rule]
         if part_rule.empty:
             continue
@@ -372,10 +369,3 @@ def pos_neg_check(members: pd.DataFrame, model: str = "attention",
                         "bag_auroc": bag.value, **_estimate_columns("auprc2", estimate)})
     return pd.DataFrame(records)
 
-
-def cells_by_kind(cells: list[CellView]) -> dict[str, int]:
-    """How many finished cells each modality has."""
-    counts: dict[str, int] = {}
-    for cell in cells:
-        counts[cell.kind] = counts.get(cell.kind, 0) + 1
-    return counts

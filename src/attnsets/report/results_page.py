@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from attnsets.errors import SpecError
-from attnsets.report.build import FIGURE_DIR, TABLE_DIR, write_report
+from attnsets.report.build import FIGURE_DIR, TABLE_DIR, render_report
 from attnsets.report.collect import StudyView, load_study
 from attnsets.report.findings import (
     Estimate,
@@ -54,10 +54,6 @@ def _with_ci(frame: pd.DataFrame, prefixes: dict[str, str], keep: list[str],
         out[title] = [_est(frame, i, prefix).text(percent=prefix in percent)
                       for i in range(len(frame))]
     return out
-
-
-def _pct(value: float) -> str:
-    return "–" if math.isnan(value) else f"{100 * value:.0f}%"
 
 
 def _figure_line(name: str, title: str, assets: str) -> str:
@@ -110,8 +106,8 @@ def _verdict(agree: bool, disagree: bool) -> str:
     return "agree" if agree else ("disagree" if disagree else "partly")
 
 
-def claims_table(study: StudyView, quality_all: pd.DataFrame, ensemble: pd.DataFrame,
-                 units: pd.DataFrame, pos_neg: pd.DataFrame, members: pd.DataFrame) -> pd.DataFrame:
+def claims_table(quality_all: pd.DataFrame, ensemble: pd.DataFrame, units: pd.DataFrame,
+                 pos_neg: pd.DataFrame, members: pd.DataFrame) -> pd.DataFrame:
     """One row per published claim of REFERENCES.md that this study can test, with the
     measurement, the decision rule and the verdict."""
     rows = []
@@ -343,7 +339,8 @@ def _render(study: StudyView, staging: Path, assets_name: str, command: str,
     (assets / TABLE_DIR).mkdir(parents=True)
     tell("report figures and tables")
     report_dir = staging / "report"
-    write_report(study.directory, report_dir)
+    report_dir.mkdir()
+    render_report(study, report_dir, lambda step: tell(f"report: {step}"))
     figures = {name for name in REPORT_FIGURES
                if (report_dir / FIGURE_DIR / f"{name}.png").is_file()}
     for name in figures:
@@ -362,7 +359,7 @@ def _render(study: StudyView, staging: Path, assets_name: str, command: str,
     tell("agreement vs truth")
     bags = agreement_frame(study)
     correlations = agreement_correlations(bags) if not bags.empty else pd.DataFrame()
-    claims = claims_table(study, tables["quality_all"], ensemble, units, pos_neg, members)
+    claims = claims_table(tables["quality_all"], ensemble, units, pos_neg, members)
     tables.update({"silent_cells": silent, "ensembling": ensemble,
                    "explainer_comparison": comparison, "unit_tests": units, "pos_neg": pos_neg,
                    "agreement_correlations": correlations, "claims": claims})
