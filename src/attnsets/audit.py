@@ -473,7 +473,7 @@ class AuditResult:
 
     def write(self, path: str | Path) -> Path:
         """Write the table as .csv or .parquet (chosen by the file ending)."""
-        from attnsets.own_data import write_table
+        from attnsets.tables import write_table
 
         return write_table(self.table, path)
 

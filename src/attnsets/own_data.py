@@ -30,28 +30,15 @@ from attnsets.errors import SpecError, SpecErrors
 from attnsets.metrics import combine_scores, normalise_per_bag, per_bag_auroc
 from attnsets.metrics.importance import average_ranks
 from attnsets.models import ModelSpec
+from attnsets.tables import TABLE_FORMATS, write_table
 from attnsets.training import TrainSpec, fit_ensemble
 
-TABLE_FORMATS = (".csv", ".parquet")
 #: Training used when `explain_own_data(training=None)`.
 OWN_DATA_TRAINING: dict[str, Any] = {"epochs": 30, "batch_size": 16, "lr": 0.002,
                                      "weight_decay": 0.0001, "patience": 6}
 DEFAULT_MODEL = ModelSpec(pooling="attention", embed_dim=32)
 DEFAULT_FRACTIONS = (0.6, 0.2, 0.2)
 
-
-def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write `frame` as CSV or Parquet, chosen by the file ending; returns the path."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in TABLE_FORMATS:
-        raise SpecError("path", str(path), f"a file ending in one of {list(TABLE_FORMATS)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".csv":
-        frame.to_csv(path, index=False)
-    else:
-        frame.to_parquet(path, index=False)
-    return path
 
 
 # --------------------------------------------------------------------------- loading

@@ -8,10 +8,8 @@ from typing import Any
 
 import pandas as pd
 
-from attnsets.errors import SpecError
 from attnsets.study.store import ResultsStore
-
-EXPORT_FORMATS = ("csv", "parquet")
+from attnsets.tables import check_table_path, write_table
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -61,14 +59,5 @@ def results_frame(directory: str | Path, *, include_members: bool = False) -> pd
 
 def export_results(directory: str | Path, path: str | Path) -> Path:
     """Write the results table as CSV or Parquet (chosen by the file ending)."""
-    path = Path(path)
-    kind = path.suffix.lstrip(".").lower()
-    if kind not in EXPORT_FORMATS:
-        raise SpecError("export", str(path), f"a file ending in one of {['.' + f for f in EXPORT_FORMATS]}")
-    frame = results_frame(directory)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if kind == "csv":
-        frame.to_csv(path, index=False)
-    else:
-        frame.to_parquet(path, index=False)
-    return path
+    check_table_path(path, "export")  # before reading the store
+    return write_table(results_frame(directory), path, "export")
