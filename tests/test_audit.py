@@ -36,13 +36,7 @@ POOL = {"name": "gaussian", "num_concepts": 4, "dim": 6, "separation": 8.0}
 FAST = {"epochs": 12, "patience": 4, "lr": 0.005}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # type: ignore[no-untyped-def]
-    # A fair share of the 2 shared cores (and no thread oversubscription when they are busy).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(name: str = "tiny-presence", rule: dict | None = None) -> dict:

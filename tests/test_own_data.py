@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from scipy.stats import pearsonr, spearmanr
 
 from attnsets.data import DatasetSpec, make_dataset
@@ -33,13 +32,7 @@ SMALL_MODEL = ModelSpec(embed_dim=16, encoder_params={"hidden": 16})
 FAST = {"epochs": 8, "patience": 3, "lr": 0.01}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # type: ignore[no-untyped-def]
-    # A fair share of the 2 shared cores (and no thread oversubscription when they are busy).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def synthetic_table(n_bags: int = 40, seed: int = 0) -> pd.DataFrame:

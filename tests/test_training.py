@@ -38,13 +38,7 @@ MODEL = ModelSpec(embed_dim=16, encoder_params={"hidden": 32})
 QUICK = TrainSpec(epochs=12, batch_size=16, lr=1e-2, patience=4, seed=0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # type: ignore[no-untyped-def]
-    # Bitwise determinism and a fair share of the 2 shared cores.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
