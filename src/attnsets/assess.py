@@ -33,9 +33,6 @@ from attnsets.metrics import (
 )
 from attnsets.models.base import SetModel
 
-#: Rules whose test split is deliberately shifted (Raff & Holt's algorithmic unit tests).
-SHIFTED_TEST_RULES = ("poison", "false_frequency")
-
 
 @dataclass(frozen=True)
 class AssessSpec:
@@ -205,7 +202,7 @@ def assess(members: list[SetModel], dataset: SetDataset, spec: AssessSpec | None
                      "bag_metric": criteria.bag_metric,
                      "importance_metric": criteria.importance_metric},
     }
-    if dataset.spec.rule.name in SHIFTED_TEST_RULES:
+    if dataset.spec.shifted_test:
         metrics["unit_test"] = _unit_test(members, dataset, spec, probs, member_bag, ens_bag)
     metrics["headline"] = headline(metrics, criteria)
     return Assessment(metrics, arrays)

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from attnsets.assess import SHIFTED_TEST_RULES, AssessSpec, assess
+from attnsets.assess import AssessSpec, assess
 from attnsets.data import DatasetSpec, SetDataset, collate, make_dataset
 from attnsets.errors import SpecError, SpecErrors, TrainingDivergedError
 from attnsets.metrics import SilentFailureCriteria
@@ -105,7 +105,7 @@ class BatteryEntry:
     @property
     def shifted_test(self) -> bool:
         """Is the test split deliberately shifted (an algorithmic unit test)?"""
-        return self.dataset.rule.name in SHIFTED_TEST_RULES
+        return self.dataset.shifted_test
 
 
 def battery_entry(table: Mapping[str, Any], path: str = "battery") -> BatteryEntry:

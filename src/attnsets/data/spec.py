@@ -144,6 +144,13 @@ class DatasetSpec:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
+    @property
+    def shifted_test(self) -> bool:
+        """Is the test split deliberately shifted (declared by the rule, e.g. poison)?"""
+        from attnsets.data.rules.base import RULES
+
+        return self.rule.name in RULES and RULES.get(self.rule.name).shifted_test
+
     @staticmethod
     def from_dict(data: dict[str, Any], path: str = "") -> DatasetSpec:
         """Build and fully validate a spec; all problems are raised together as SpecErrors."""

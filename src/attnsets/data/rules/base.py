@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import numpy as np
 
@@ -25,6 +26,9 @@ class LabelRule(ABC):
     """
 
     n_classes: int = 2
+    #: The test split is deliberately drawn from another distribution than train / val (Raff &
+    #: Holt's algorithmic unit tests): assessments then compare val with test.
+    shifted_test: ClassVar[bool] = False
 
     @abstractmethod
     def check(self, n_concepts: int, min_size: int, witnesses: WitnessSpec) -> list[SpecError]:

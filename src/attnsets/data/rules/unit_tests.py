@@ -4,6 +4,7 @@ purpose so that a model relying on a shortcut, not on the key concept, fails the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -51,6 +52,8 @@ class Poison(LabelRule):
     least 2 instances (room for a witness and the poison), whatever its label.
     Evidence: key instances +1 for class 1 and -1 for class 0; poison and background 0.
     """
+
+    shifted_test: ClassVar[bool] = True
 
     key: int | list[int] = 9
     poison: int | list[int] = 0
@@ -101,6 +104,8 @@ class FalseFrequency(LabelRule):
     max(test_copies).
     Evidence: key instances +1 for class 1 and -1 for class 0; frequent and background 0.
     """
+
+    shifted_test: ClassVar[bool] = True
 
     key: int | list[int] = 9
     frequent: int | list[int] = 8
