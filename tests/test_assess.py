@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 from attnsets.assess import AssessSpec, assess
 from attnsets.cli import app
 from attnsets.data import DatasetSpec, make_dataset
-from attnsets.models import InputInfo, SetModel, SetOutput, masked_softmax
-from attnsets.study.cell import train_and_assess
+from attnsets.models import InputInfo, ModelSpec, SetModel, SetOutput, masked_softmax
+from attnsets.run import RunSpec, execute
+from attnsets.training import TrainSpec
 
 KEY = 2
 
@@ -57,46 +58,48 @@ def handcrafted(dataset, sign: float) -> SetModel:  # type: ignore[no-untyped-de
 def test_attention_pointing_away_from_witnesses_is_a_silent_failure(dataset) -> None:  # type: ignore[no-untyped-def]
     result = assess([handcrafted(dataset, -1.0)], dataset, AssessSpec(explainers=("attention",),
                                                                        bootstrap=0))
-    metrics = result.metrics
-    assert metrics["member_mean"]["bag"]["balanced_accuracy"] >= 0.95
-    assert metrics["member_mean"]["attention"]["auroc"] < 0.2
-    assert metrics["members"]["silent"]["attention"] == [True]
-    assert metrics["ensemble"]["attention"]["silent"] == 1.0
+    attention = result.explainers["attention"]
+    assert result.member_mean_bag.balanced_accuracy >= 0.95
+    assert attention.mean("auroc") < 0.2
+    assert attention.silent == [True] and attention.silent_rate == 1.0
+    assert attention.ensemble_silent
+    assert result.headline()["attention.ensemble_silent"] == 1.0
     # Every correctly classified positive bag puts its top attention on a non-witness.
-    assert metrics["member_mean"]["attention"]["misleading_rate"] > 0.4
+    assert attention.mean("misleading_rate") > 0.4
 
 
 def test_attention_on_the_witnesses_is_not_flagged(dataset) -> None:  # type: ignore[no-untyped-def]
     result = assess([handcrafted(dataset, +1.0)], dataset, AssessSpec(explainers=("attention",),
                                                                       bootstrap=0))
-    metrics = result.metrics
-    assert metrics["member_mean"]["attention"]["auroc"] > 0.95
-    assert metrics["members"]["silent"]["attention"] == [False]
-    assert metrics["member_mean"]["attention"]["misleading_rate"] == 0.0
+    attention = result.explainers["attention"]
+    assert attention.mean("auroc") > 0.95
+    assert attention.silent == [False] and not attention.ensemble_silent
+    assert attention.mean("misleading_rate") == 0.0
 
 
 def test_ensembling_a_bad_member_with_good_ones_recovers_the_witnesses(dataset) -> None:  # type: ignore[no-untyped-def]
     members = [handcrafted(dataset, s) for s in (+1.0, +1.0, -1.0)]
-    metrics = assess(members, dataset, AssessSpec(explainers=("attention",), bootstrap=0,
-                                                  combine="mean_rank")).metrics
-    assert metrics["members"]["silent"]["attention"] == [False, False, True]
-    assert metrics["ensemble"]["attention"]["auroc"] > 0.9
-    curve = metrics["curve"]["attention"]
-    assert [row["k"] for row in curve] == [1, 2, 3]
-    assert curve[0]["p_fail"] == pytest.approx(1 / 3)
-    assert curve[-1]["p_fail"] == 0.0
+    result = assess(members, dataset, AssessSpec(explainers=("attention",), bootstrap=0,
+                                                 combine="mean_rank")).explainers["attention"]
+    assert result.silent == [False, False, True]
+    assert result.ensemble_value("auroc") > 0.9
+    assert [point.k for point in result.curve] == [1, 2, 3]
+    assert result.curve[0].p_fail == pytest.approx(1 / 3)
+    assert result.curve[-1].p_fail == 0.0
 
 
 def test_trained_ensemble_report_is_complete_and_json_ready(dataset) -> None:  # type: ignore[no-untyped-def]
     spec = AssessSpec(explainers=("attention", "gradient", "leave_one_out", "random", "rollout"),
                       bootstrap=20, curve_subsets=5)
-    assessment, training = train_and_assess(
-        dataset.spec.to_dict(), {"pooling": "attention", "embed_dim": 8}, {"epochs": 3},
-        [0, 1], spec)
-    metrics = assessment.metrics
-    assert metrics["not_applicable"] == {"rollout": "does not apply to pooling 'attention'"}
+    result = execute(RunSpec(dataset.spec, ModelSpec(pooling="attention", embed_dim=8),
+                             TrainSpec(epochs=3), (0, 1), spec))
+    assessment = result.assessment
+    assert assessment is not None
+    assert assessment.not_applicable == {"rollout": "does not apply to pooling 'attention'"}
+    assert assessment.methods == ["attention", "gradient", "leave_one_out", "random"]
+    assert len(assessment.member_bag) == 2 and len(result.training.epochs_run) == 2
+    metrics = assessment.to_dict()
     assert set(metrics["member_mean"]) == {"bag", "attention", "gradient", "leave_one_out", "random"}
-    assert len(metrics["members"]["bag"]) == 2 and len(training["epochs_run"]) == 2
     assert assessment.arrays["scores/attention"].shape == (2, *assessment.arrays["mask"].shape)
     assert np.all(assessment.arrays["scores/attention"][:, ~assessment.arrays["mask"]] == 0)
     json.loads(json.dumps(metrics))  # NaN allowed, nothing unserialisable
@@ -145,7 +148,7 @@ def test_aopc_shares_one_random_reference_and_matches_deletion_curves(dataset) -
                       for b in batches]
             expected = aopc(torch.cat([c.ranked for c in curves]).numpy(),
                             torch.cat([c.random for c in curves]).numpy())
-            got = result.metrics["members"]["aopc"][method][k]
-            assert got["aopc"] == pytest.approx(float(expected["aopc"]), abs=1e-6)
-            assert got["aopc_relative"] == pytest.approx(float(expected["aopc_relative"]),
+            got = result.explainers[method].aopc[k]
+            assert got.aopc == pytest.approx(float(expected["aopc"]), abs=1e-6)
+            assert got.aopc_relative == pytest.approx(float(expected["aopc_relative"]),
                                                          abs=1e-6, nan_ok=True)

@@ -12,22 +12,13 @@ import pytest
 import torch
 from torch import nn
 
-from attnsets.audit import (
-    VERDICTS,
-    AuditResult,
-    BatteryEntry,
-    UserModel,
-    audit,
-    default_battery,
-    load_battery,
-    load_builder,
-    probe_model,
-    resolve_battery,
-)
+from attnsets.audit import VERDICTS, AuditResult, audit
 from attnsets.data import DatasetSpec, make_dataset
+from attnsets.data.battery import BatteryEntry, default_battery, load_battery, resolve_battery
 from attnsets.data.pools.gaussian import GaussianPool
 from attnsets.errors import SpecError
 from attnsets.models import InputInfo, SetOutput
+from attnsets.models.user import UserModel, load_builder, probe_model
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "my_model.py"
@@ -75,7 +66,8 @@ def test_shifted_test_entries_judge_on_val_and_run_the_unit_test(example_audit) 
     assert row["shifted_test"] and row["learn_split"] == "val"
     assert row["learn_score"] == row["val_balanced_accuracy"]
     metrics = example_audit.runs[1].metrics[0]
-    flags = [f["flagged"] for f in metrics["unit_test"]["members"]]
+    assert metrics.unit_test is not None
+    flags = [f.flagged for f in metrics.unit_test.members]
     assert row["unit_test_flagged_members"] == sum(flags)
     if row["learns_task"]:
         assert row["passes_unit_test"] == (sum(flags) == 0)

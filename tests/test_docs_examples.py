@@ -19,7 +19,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-import attnsets.audit
+import attnsets.data.battery
 from attnsets.cli import app
 from attnsets.data import POOLS, RULES, DatasetSpec, collate, make_dataset
 from attnsets.explain import EXPLAINERS, explain
@@ -106,7 +106,7 @@ def _audit_context(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
              "pool": {"name": "gaussian", "num_concepts": 4, "dim": 4, "separation": 5.0},
              "rule": {"name": "presence", "key": 2}, "bags": {"train": 20, "val": 10, "test": 10},
              "bag_size": {"kind": "uniform", "low": 4, "high": 8}}
-    monkeypatch.setattr(attnsets.audit, "DEFAULT_BATTERY", (small,))
+    monkeypatch.setattr(attnsets.data.battery, "DEFAULT_BATTERY", (small,))
     return {}
 
 

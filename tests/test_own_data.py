@@ -12,20 +12,12 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 
 from attnsets.data import DatasetSpec, make_dataset
+from attnsets.data.own import bags_from_arrays, load_bags, split_assignment, split_bags
 from attnsets.errors import SpecError
+from attnsets.metrics.agreement import agreement, correlation, descending_rank
 from attnsets.models import ModelSpec
-from attnsets.own_data import (
-    agreement,
-    agreement_vs_truth,
-    bags_from_arrays,
-    correlation,
-    descending_rank,
-    explain_own_data,
-    load_bags,
-    split_assignment,
-    split_bags,
-    write_table,
-)
+from attnsets.own_data import agreement_vs_truth, explain_own_data
+from attnsets.tables import write_table
 
 FEATURES = ["f0", "f1", "f2", "f3"]
 SMALL_MODEL = ModelSpec(embed_dim=16, encoder_params={"hidden": 16})

@@ -264,9 +264,9 @@ def test_examples_draw_the_scored_instances(study_dir: Path) -> None:
         for kind in ("image", "sequence", "vector"):
             choice = choose_example(study, [c for c in study.done if c.kind == kind])
             assert choice is not None and choice.method == "attention"
-            members = choice.cell.metrics["members"]
-            aurocs = np.array([r["auroc"] for r in members["importance"]["attention"]])
-            silent = np.array(members["silent"]["attention"], dtype=bool)
+            attention = choice.cell.assessment.explainers["attention"]
+            aurocs = np.array([r["auroc"] for r in attention.members])
+            silent = np.array(attention.silent, dtype=bool)
             assert aurocs[choice.good] == aurocs.max()
             others = np.delete(np.arange(len(aurocs)), choice.good)
             if silent[others].any():  # the bad example is the worst silent failure

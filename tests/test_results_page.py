@@ -125,7 +125,7 @@ def test_agreement_truth_is_the_stored_ensemble_auroc(study_dir: Path) -> None:
     assert set(bags["model"]) == {"attention"}
     for cell in study.cells(model="attention"):
         part = bags[bags["cell_id"] == cell.cell_id]
-        stored = cell.metrics["ensemble"]["attention"]["auroc"]
+        stored = cell.assessment.explainers["attention"].ensemble_value("auroc")
         assert part["consensus_auroc"].mean() == pytest.approx(stored, abs=1e-6)
         defined = part["rank_agreement"].dropna()
         assert ((defined >= -1 - 1e-9) & (defined <= 1 + 1e-9)).all()
@@ -140,8 +140,8 @@ def test_ensembling_and_unit_test_tables(study_dir: Path) -> None:
     assert row["auroc_gain"] == pytest.approx(row["auroc_ensemble"] - row["auroc_single"])
     units = unit_tests(study)
     assert set(units["rule"]) == {"poison"} and set(units["model"]) == {"attention", "mean"}
-    flags = [f["flagged"] for c in study.cells("vectors-poison", "mean")
-             for f in c.metrics["unit_test"]["members"]]
+    flags = [f.flagged for c in study.cells("vectors-poison", "mean")
+             if c.assessment.unit_test is not None for f in c.assessment.unit_test.members]
     assert units.set_index("model").loc["mean", "flagged"] == pytest.approx(np.mean(flags))
 
 

@@ -21,11 +21,13 @@ from torch import nn
 from typer.testing import CliRunner
 
 from attnsets.cli import app
-from attnsets.models import POOLINGS
+from attnsets.errors import SpecErrors
+from attnsets.models import POOLINGS, SetOutput
 from attnsets.study.config import validate_config
 from attnsets.study.results import results_frame
 from attnsets.study.runner import StudyExistsError, run_study
 from attnsets.study.store import ResultsStore
+from study_toml import write_study_toml
 
 runner = CliRunner()
 
@@ -86,14 +88,17 @@ def test_tiny_study_end_to_end_and_results_export(tmp_path: Path) -> None:
 
 
 class ExplodingPooling(nn.Module):
-    """A user plugin that fails at run time."""
+    """A user plugin that fails at run time only: on the validation probe's dummy two-instance
+    bag it works, on real bags (more than two instances) it raises."""
 
     def __init__(self, in_dim: int, n_classes: int) -> None:
         super().__init__()
         self.linear = nn.Linear(in_dim, n_classes)
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> Any:
-        raise RuntimeError("plugin exploded")
+        if h.shape[1] > 2:
+            raise RuntimeError("plugin exploded")
+        return SetOutput(self.linear(h.mean(dim=1)))
 
 
 @pytest.fixture
@@ -118,6 +123,14 @@ def test_a_failing_cell_is_recorded_and_the_study_goes_on(tmp_path: Path, explod
     assert (again.skipped, again.failed) == (1, 1)
 
 
+def test_a_plugin_that_cannot_run_is_rejected_at_validation(exploding_plugin: str) -> None:
+    raw = tiny(cells_per_model=1)
+    raw["models"].append({"name": "boom", "pooling": "exploding_test_pooling", "embed_dim": 8})
+    raw["models"][-1]["embed_dim"] = 0
+    with pytest.raises(SpecErrors, match=r"models\[1\]\.embed_dim"):
+        validate_config(raw)
+
+
 def test_bad_config_is_rejected_before_anything_is_written(tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
     config.write_text("[study]\nname = 'x'\nmembers = 0\n[[datasets]]\nname = 'd'\n"
@@ -128,29 +141,6 @@ def test_bad_config_is_rejected_before_anything_is_written(tmp_path: Path) -> No
     assert result.exit_code == 2
     assert "study.members" in result.output and "datasets[0].pool.name" in result.output
     assert not out.exists()
-
-
-def _toml(raw: dict[str, Any], path: Path) -> Path:
-    lines = []
-    for section in ("study", "training"):
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {_value(v)}" for k, v in raw[section].items()]
-    for section in ("datasets", "models"):
-        for entry in raw[section]:
-            lines.append(f"[[{section}]]")
-            lines += [f"{k} = {_value(v)}" for k, v in entry.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def _value(v: Any) -> str:
-    if isinstance(v, str):
-        return f'"{v}"'
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k} = {_value(x)}" for k, x in v.items()) + "}"
-    if isinstance(v, list):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
-    return str(v).lower() if isinstance(v, bool) else str(v)
 
 
 def _done_cells(out: Path) -> int:
@@ -164,7 +154,7 @@ def _done_cells(out: Path) -> int:
 def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     raw = tiny(cells_per_model=6, name="killme")
     raw["training"]["epochs"] = 6
-    config = _toml(raw, tmp_path / "study.toml")
+    config = write_study_toml(raw, tmp_path / "study.toml")
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     command = [sys.executable, "-m", "attnsets.cli", "run", str(config), "--workers", "1"]
     proc = subprocess.Popen([*command, "--out", str(killed)], stdout=subprocess.DEVNULL,
@@ -250,7 +240,7 @@ def test_workers_do_not_outlive_a_killed_driver(tmp_path: Path) -> None:
     driver was stopped by the parent-death signal, not by finishing its cell."""
     raw = tiny(cells_per_model=2, name="orphans")
     raw["training"].update({"epochs": 100000, "patience": 100000})
-    config = _toml(raw, tmp_path / "study.toml")
+    config = write_study_toml(raw, tmp_path / "study.toml")
     proc = subprocess.Popen([sys.executable, "-m", "attnsets.cli", "run", str(config), "--workers",
                              "2", "--out", str(tmp_path / "out")], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -305,7 +295,7 @@ def test_cli_plugins_reach_spawned_workers(tmp_path: Path) -> None:
     (tmp_path / "my_plugin.py").write_text(PLUGIN)
     raw = tiny(cells_per_model=2, name="plugged")
     raw["datasets"][0]["pool"] = {"name": "cubes_plugin", "dim": 3}
-    config = _toml(raw, tmp_path / "study.toml")
+    config = write_study_toml(raw, tmp_path / "study.toml")
     env = {k: v for k, v in os.environ.items() if k != "ATTNSETS_PLUGINS"}
     base = [sys.executable, "-m", "attnsets.cli"]
     run = [*base, "--plugin", str(tmp_path / "my_plugin.py"), "run", str(config), "--workers",

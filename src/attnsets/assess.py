@@ -1,25 +1,38 @@
-"""Trained members + a dataset -> every number attnsets reports about them.
+"""Trained members + a dataset -> every number attnsets reports about them (an `Assessment`).
 
 For each member and for the ensemble: bag metrics on the test split; for each explainer the
 instance-importance metrics against the ground-truth evidence of the true label, the
 silent-failure flag, the share of misleading bags and the deletion AOPC; the ensemble-size curve;
-and, for the shifted-test rules (poison, false_frequency), the algorithmic unit-test flag.
+and, for rules whose test split is shifted (poison, false_frequency), the algorithmic unit-test
+flag. `predict` and `explain_members` are the one place where members are run on a split.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from attnsets.assessment import (
+    Aopc,
+    Assessment,
+    BagMetrics,
+    CurvePoint,
+    ExplainerAssessment,
+    MetricTable,
+    UnitTest,
+    nanmean,
+)
 from attnsets.data.bags import BagSplit, Batch, collate
 from attnsets.data.generate import SetDataset
 from attnsets.errors import SpecError
 from attnsets.explain import available_methods, deletion_curve, explain, random_deletion_curve
 from attnsets.metrics import (
+    COMBINE_METHODS,
     SilentFailureCriteria,
     aopc,
     bag_metrics,
@@ -34,11 +47,23 @@ from attnsets.metrics import (
 from attnsets.models.base import SetModel
 
 
+def _int_at_least(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise SpecError(name, value, f"an integer >= {minimum}")
+
+
 @dataclass(frozen=True)
 class AssessSpec:
-    """What to compute. ensemble_sizes: K values of the ensemble-size curve (default 1..M)."""
+    """What to compute, validated when built.
+
+    explainers: registered method names; explainer_options: {method: {option: value}} passed
+    to that method (see docs/explainers.md); the `seed` of a seeded method is `seed` + the
+    member's index, not an option. combine: how member explanations are combined
+    (mean_normalised | mean_rank | median). ensemble_sizes: K values of the ensemble-size
+    curve (default 1..M). bootstrap: resamples of each importance CI (0 = none)."""
 
     explainers: tuple[str, ...] = ("attention", "random")
+    explainer_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     criteria: SilentFailureCriteria = field(default_factory=SilentFailureCriteria)
     combine: str = "mean_normalised"
     ensemble_sizes: tuple[int, ...] | None = None
@@ -48,15 +73,70 @@ class AssessSpec:
     batch_size: int = 128
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        from attnsets.explain import EXPLAINERS
+        from attnsets.explain.base import check_options
 
-@dataclass
-class Assessment:
-    """metrics: JSON-ready nested dict (see `assess`); arrays: per-instance data for later use
-    (scores/<method>: (K, B, N) float32, mask (B, N), evidence (B, N), labels (B,),
-    probs (K, B, C), concepts (B, N))."""
+        if isinstance(self.explainers, str) or not isinstance(self.explainers, Sequence) \
+                or not self.explainers:
+            raise SpecError("explainers", self.explainers, "a non-empty list of explainer names")
+        object.__setattr__(self, "explainers", tuple(self.explainers))
+        for i, name in enumerate(self.explainers):
+            if name not in EXPLAINERS:
+                raise SpecError(f"explainers[{i}]", name, f"one of {EXPLAINERS.names()}")
+        if len(set(self.explainers)) != len(self.explainers):
+            raise SpecError("explainers", list(self.explainers), "each explainer named once")
+        if not isinstance(self.explainer_options, Mapping):
+            raise SpecError("explainer_options", self.explainer_options,
+                            "a table {explainer: {option: value}}")
+        for name, options in self.explainer_options.items():
+            where = f"explainer_options.{name}"
+            if name not in self.explainers:
+                raise SpecError(where, options, f"options of a chosen explainer "
+                                                f"{list(self.explainers)}")
+            if not isinstance(options, Mapping):
+                raise SpecError(where, options, "a table {option: value}")
+            if "seed" in options:
+                raise SpecError(f"{where}.seed", options["seed"],
+                                "no seed option here: member i uses seed + i (set `seed`)")
+            check_options(name, EXPLAINERS.get(name), options, where)
+        if not isinstance(self.criteria, SilentFailureCriteria):
+            raise SpecError("criteria", self.criteria, "a SilentFailureCriteria")
+        if self.combine not in COMBINE_METHODS:
+            raise SpecError("combine", self.combine, f"one of {list(COMBINE_METHODS)}")
+        if self.ensemble_sizes is not None:
+            sizes = self.ensemble_sizes
+            if isinstance(sizes, str) or not isinstance(sizes, Sequence) or not sizes:
+                raise SpecError("ensemble_sizes", sizes, "None or a non-empty list of sizes >= 1")
+            for i, k in enumerate(sizes):
+                _int_at_least(f"ensemble_sizes[{i}]", k, 1)
+            object.__setattr__(self, "ensemble_sizes", tuple(int(k) for k in sizes))
+        _int_at_least("curve_subsets", self.curve_subsets, 1)
+        _int_at_least("bootstrap", self.bootstrap, 0)
+        _int_at_least("deletion_steps", self.deletion_steps, 1)
+        _int_at_least("batch_size", self.batch_size, 1)
+        _int_at_least("seed", self.seed, 0)
 
-    metrics: dict[str, Any]
-    arrays: dict[str, np.ndarray]
+    def check_members(self, n_members: int) -> list[SpecError]:
+        """Problems of this spec for an ensemble of `n_members` (sizes larger than it)."""
+        return [SpecError(f"ensemble_sizes[{i}]", k, f"sizes in 1..{n_members} (the members)")
+                for i, k in enumerate(self.ensemble_sizes or ()) if k > n_members]
+
+    def options_for(self, method: str) -> dict[str, Any]:
+        return dict(self.explainer_options.get(method, {}))
+
+    @staticmethod
+    def from_dict(data: Mapping[str, Any], path: str = "assess",
+                  criteria: SilentFailureCriteria | None = None) -> AssessSpec:
+        """From a config table (unknown keys and bad values raise SpecError at `path.key`)."""
+        from attnsets.registry import build_dataclass
+
+        if not isinstance(data, Mapping):
+            raise SpecError(path, data, "a table of assessment settings")
+        table = dict(data)
+        if criteria is not None:
+            table["criteria"] = criteria
+        return build_dataclass(AssessSpec, table, path)  # type: ignore[no-any-return]
 
 
 def padded_batches(split: BagSplit, batch_size: int) -> list[Batch]:
@@ -67,55 +147,64 @@ def padded_batches(split: BagSplit, batch_size: int) -> list[Batch]:
                     pad_to=width) for start in range(0, len(split), batch_size)]
 
 
-def _numpy(metrics: Any) -> dict[str, Any]:
+def _table(metrics: Mapping[str, Any]) -> MetricTable:
     return {k: float(v) for k, v in dict(metrics).items()}
 
 
-def _mean_dicts(dicts: list[dict[str, float]]) -> dict[str, float]:
-    keys = dicts[0].keys()
-    with np.errstate(all="ignore"):
-        return {k: float(np.nanmean([d[k] for d in dicts])) if any(
-            not np.isnan(d[k]) for d in dicts) else float("nan") for k in keys}
-
-
 @torch.no_grad()
-def _probs(model: SetModel, batches: list[Batch]) -> np.ndarray:
-    model.eval()
-    return np.concatenate([torch.softmax(model(b.x, b.mask).logits.double(), -1).numpy()
-                           for b in batches])
+def predict(members: Sequence[SetModel], batches: list[Batch]) -> np.ndarray:
+    """(K, B, C) float64 class probabilities of each member on the batches (in eval mode)."""
+    out = []
+    for model in members:
+        model.eval()
+        out.append(np.concatenate([torch.softmax(model(b.x, b.mask).logits.double(), -1)
+                                   .cpu().numpy() for b in batches]))
+    return np.stack(out)
 
 
-def _scores(model: SetModel, batches: list[Batch], method: str, seed: int) -> np.ndarray:
-    options = {"seed": seed} if method in ("random", "shapley") else {}
-    return np.concatenate([explain(model, b, method, **options).detach().numpy() for b in batches])
+def explain_members(members: Sequence[SetModel], batches: list[Batch], method: str,
+                    options: Mapping[str, Any] | None = None, seed: int = 0) -> np.ndarray:
+    """(K, B, N) scores of `method` for each member; a seeded method (one that declares a
+    `seed` option) gets seed + i for member i, so members draw independently."""
+    from attnsets.explain.base import resolve_method
+
+    _, explainer = resolve_method(method)
+    options = dict(options or {})
+    out = []
+    for i, model in enumerate(members):
+        seeded = {**options, "seed": seed + i} if explainer.takes_seed else options
+        out.append(np.concatenate([explain(model, b, method, **seeded).cpu().numpy()
+                                   for b in batches]))
+    return np.stack(out)
 
 
 def _random_curves(model: SetModel, batches: list[Batch], steps: int, seed: int) -> np.ndarray:
     """(B, steps + 1) mean random-order deletion curve: the same for every explainer of a model,
     so it is computed once per member (on self-attention heads it is most of the AOPC cost)."""
     return np.concatenate([random_deletion_curve(model, b, steps=min(steps, b.x.shape[1]),
-                                                 seed=seed).numpy() for b in batches])
+                                                 seed=seed).cpu().numpy() for b in batches])
 
 
 def _aopc(model: SetModel, batches: list[Batch], scores: np.ndarray, random_curves: np.ndarray,
-          steps: int, seed: int) -> dict[str, Any]:
+          steps: int, seed: int) -> Aopc:
     ranked = []
     start = 0
     for b in batches:
         s = scores[start:start + len(b)]
         start += len(b)
         ranked.append(deletion_curve(model, b, s, steps=min(steps, b.x.shape[1]),
-                                     seed=seed).numpy())
+                                     seed=seed).cpu().numpy())
     ranked_curves = np.concatenate(ranked)
-    result: dict[str, Any] = _numpy(aopc(ranked_curves, random_curves))
+    result = _table(aopc(ranked_curves, random_curves))
     with warnings.catch_warnings():  # steps past every bag's size are all-NaN columns
         warnings.simplefilter("ignore", RuntimeWarning)
-        result["curve"] = np.nanmean(ranked_curves, axis=0).tolist()
-        result["random_curve"] = np.nanmean(random_curves, axis=0).tolist()
-    return result
+        curve = np.nanmean(ranked_curves, axis=0).tolist()
+        random_curve = np.nanmean(random_curves, axis=0).tolist()
+    return Aopc(result["aopc"], result["aopc_random"], result["aopc_relative"],
+                result["n_bags"], result["n_steps"], curve, random_curve)
 
 
-def applicable_methods(model: SetModel, batch: Batch, requested: tuple[str, ...]
+def applicable_methods(model: SetModel, batch: Batch, requested: Sequence[str]
                        ) -> tuple[list[str], dict[str, str]]:
     """(methods to run, {method: why it does not apply})."""
     available = set(available_methods(model, batch))
@@ -125,121 +214,99 @@ def applicable_methods(model: SetModel, batch: Batch, requested: tuple[str, ...]
     return run, skipped
 
 
-def assess(members: list[SetModel], dataset: SetDataset, spec: AssessSpec | None = None
-           ) -> Assessment:
-    """Score `members` (an ensemble of K >= 1 trained models) on the test split of `dataset`.
+@dataclass(frozen=True)
+class _TestData:
+    batches: list[Batch]
+    labels: np.ndarray
+    mask: np.ndarray
+    evidence: np.ndarray
+    correct: np.ndarray  # (K, B) bool
 
-    metrics = {"n_members", "not_applicable": {method: reason},
-               "members": {"bag": [..K], "importance": {m: [..K]}, "silent": {m: [..K]},
-                           "misleading_rate": {m: [..K]}, "aopc": {m: [..K]}},
-               "member_mean": {"bag": {...}, m: {...importance, silent_rate, ...}},
-               "ensemble": {"bag": {...}, m: {...importance, "silent": bool}},
-               "curve": {m: [{"k": .., "auroc_mean": .., "p_fail": ..}, ...]},
-               "unit_test": {...} (shifted-test rules only),
-               "headline": flat summary}
-    """
+
+def _assess_method(method: str, members: Sequence[SetModel], data: _TestData,
+                   member_bag: list[BagMetrics], ensemble_bag: BagMetrics,
+                   random_curves: list[np.ndarray], spec: AssessSpec
+                   ) -> tuple[ExplainerAssessment, np.ndarray]:
+    """One explainer over the members: its typed result and the (K, B, N) scores."""
+    criteria = spec.criteria
+    scores = explain_members(members, data.batches, method, spec.options_for(method), spec.seed)
+    reports = [_table(importance_report(s, data.evidence, data.mask, n_boot=spec.bootstrap,
+                                        seed=spec.seed)) for s in scores]
+    silent = [is_silent_failure(b.to_dict(), r, criteria)[0]
+              for b, r in zip(member_bag, reports, strict=True)]
+    misleading = [float(misleading_bags(s, data.evidence, data.mask, c).mean())
+                  for s, c in zip(scores, data.correct, strict=True)]
+    aopcs = [_aopc(m, data.batches, s, r, spec.deletion_steps, spec.seed)
+             for m, s, r in zip(members, scores, random_curves, strict=True)]
+    mean = {k: nanmean([r[k] for r in reports]) for k in reports[0]}
+    mean["silent_rate"] = float(np.mean(silent))
+    mean["misleading_rate"] = float(np.mean(misleading))
+    mean["aopc"] = nanmean([a.aopc for a in aopcs])
+    mean["aopc_relative"] = nanmean([a.aopc_relative for a in aopcs])
+    combined = combine_scores(scores, data.mask, spec.combine)
+    ensemble = _table(importance_report(combined, data.evidence, data.mask,
+                                        n_boot=spec.bootstrap, seed=spec.seed))
+    curve: list[CurvePoint] = []
+    if len(members) > 1:
+        curve = [CurvePoint.from_dict(point) for point in ensemble_size_curve(
+            scores, data.evidence, data.mask,
+            ks=list(spec.ensemble_sizes or range(1, len(members) + 1)),
+            n_subsets=spec.curve_subsets, seed=spec.seed, threshold=criteria.max_importance,
+            method=spec.combine)]
+    result = ExplainerAssessment(
+        method=method, members=reports, silent=silent, misleading_rate=misleading, aopc=aopcs,
+        member_mean=mean, ensemble=ensemble,
+        ensemble_silent=is_silent_failure(ensemble_bag.to_dict(), ensemble, criteria)[0],
+        curve=curve)
+    return result, scores
+
+
+def assess(members: Sequence[SetModel], dataset: SetDataset, spec: AssessSpec | None = None
+           ) -> Assessment:
+    """Score `members` (an ensemble of K >= 1 trained models) on the test split of `dataset`."""
     spec = spec or AssessSpec()
     if not members:
         raise SpecError("members", 0, "at least one trained model")
-    test = padded_batches(dataset.test, spec.batch_size)
+    problems = spec.check_members(len(members))
+    if problems:
+        raise problems[0]
+    batches = padded_batches(dataset.test, spec.batch_size)
     labels = dataset.test.labels
-    mask = torch.cat([b.mask for b in test]).numpy()
-    evidence = torch.cat([b.evidence for b in test]).numpy()
-    concepts = torch.cat([b.concepts for b in test]).numpy()
-    methods, not_applicable = applicable_methods(members[0], test[0], spec.explainers)
+    mask = torch.cat([b.mask for b in batches]).numpy()
+    evidence = torch.cat([b.evidence for b in batches]).numpy()
+    methods, not_applicable = applicable_methods(members[0], batches[0], spec.explainers)
 
-    probs = np.stack([_probs(m, test) for m in members])  # (K, B, C)
-    member_bag = [_numpy(bag_metrics(labels, p)) for p in probs]
-    correct = probs.argmax(-1) == labels[None, :]
-    arrays: dict[str, np.ndarray] = {"mask": mask, "evidence": evidence.astype(np.int8),
-                                     "labels": labels, "probs": probs.astype(np.float32),
-                                     "concepts": concepts}
-    members_out: dict[str, Any] = {"bag": member_bag, "importance": {}, "silent": {},
-                                   "misleading_rate": {}, "aopc": {}}
-    member_mean: dict[str, Any] = {"bag": _mean_dicts(member_bag)}
-    ens_probs = combine_probs(probs)
-    ens_bag = _numpy(bag_metrics(labels, ens_probs))
-    ensemble: dict[str, Any] = {"bag": ens_bag}
-    curves: dict[str, Any] = {}
-    criteria = spec.criteria
-    random_curves = [_random_curves(m, test, spec.deletion_steps, spec.seed) for m in members] \
-        if methods else []
+    probs = predict(members, batches)  # (K, B, C)
+    member_bag = [BagMetrics.from_dict(bag_metrics(labels, p)) for p in probs]
+    ensemble_bag = BagMetrics.from_dict(bag_metrics(labels, combine_probs(probs)))
+    data = _TestData(batches, labels, mask, evidence, probs.argmax(-1) == labels[None, :])
+    arrays: dict[str, np.ndarray] = {
+        "mask": mask, "evidence": evidence.astype(np.int8), "labels": labels,
+        "probs": probs.astype(np.float32),
+        "concepts": torch.cat([b.concepts for b in batches]).numpy()}
+    random_curves = [_random_curves(m, batches, spec.deletion_steps, spec.seed)
+                     for m in members] if methods else []
+    explainers: dict[str, ExplainerAssessment] = {}
     for method in methods:
-        scores = np.stack([_scores(m, test, method, spec.seed + i) for i, m in enumerate(members)])
+        explainers[method], scores = _assess_method(method, members, data, member_bag,
+                                                    ensemble_bag, random_curves, spec)
         arrays[f"scores/{method}"] = scores.astype(np.float32)
-        reports = [_numpy(importance_report(s, evidence, mask, n_boot=spec.bootstrap,
-                                            seed=spec.seed)) for s in scores]
-        silent = [is_silent_failure(b, r, criteria)[0] for b, r in zip(member_bag, reports, strict=True)]
-        misleading = [float(misleading_bags(s, evidence, mask, c).mean())
-                      for s, c in zip(scores, correct, strict=True)]
-        aopcs = [_aopc(m, test, s, r, spec.deletion_steps, spec.seed)
-                 for m, s, r in zip(members, scores, random_curves, strict=True)]
-        members_out["importance"][method] = reports
-        members_out["silent"][method] = silent
-        members_out["misleading_rate"][method] = misleading
-        members_out["aopc"][method] = aopcs
-        mean = _mean_dicts(reports)
-        mean["silent_rate"] = float(np.mean(silent))
-        mean["misleading_rate"] = float(np.mean(misleading))
-        mean["aopc"] = float(np.nanmean([a["aopc"] for a in aopcs]))
-        mean["aopc_relative"] = float(np.nanmean([a.get("aopc_relative", np.nan) for a in aopcs]))
-        member_mean[method] = mean
-        combined = combine_scores(scores, mask, spec.combine)
-        ens_report = _numpy(importance_report(combined, evidence, mask, n_boot=spec.bootstrap,
-                                              seed=spec.seed))
-        ens_report["silent"] = float(is_silent_failure(ens_bag, ens_report, criteria)[0])
-        ensemble[method] = ens_report
-        if len(members) > 1:
-            curves[method] = ensemble_size_curve(
-                scores, evidence, mask, ks=list(spec.ensemble_sizes or range(1, len(members) + 1)),
-                n_subsets=spec.curve_subsets, seed=spec.seed,
-                threshold=criteria.max_importance, method=spec.combine)
-    metrics: dict[str, Any] = {
-        "n_members": len(members), "not_applicable": not_applicable, "members": members_out,
-        "member_mean": member_mean, "ensemble": ensemble, "curve": curves,
-        "criteria": {"min_bag_score": criteria.min_bag_score,
-                     "max_importance": criteria.max_importance,
-                     "bag_metric": criteria.bag_metric,
-                     "importance_metric": criteria.importance_metric},
-    }
-    if dataset.spec.shifted_test:
-        metrics["unit_test"] = _unit_test(members, dataset, spec, probs, member_bag, ens_bag)
-    metrics["headline"] = headline(metrics, criteria)
-    return Assessment(metrics, arrays)
+    unit = _unit_test(members, dataset, spec, member_bag, ensemble_bag) \
+        if dataset.spec.shifted_test else None
+    return Assessment(n_members=len(members), criteria=spec.criteria, member_bag=member_bag,
+                      ensemble_bag=ensemble_bag, explainers=explainers,
+                      not_applicable=not_applicable, unit_test=unit, arrays=arrays)
 
 
-def _unit_test(members: list[SetModel], dataset: SetDataset, spec: AssessSpec,
-               test_probs: np.ndarray, member_bag: list[dict[str, float]],
-               ens_bag: dict[str, float]) -> dict[str, Any]:
+def _unit_test(members: Sequence[SetModel], dataset: SetDataset, spec: AssessSpec,
+               member_bag: list[BagMetrics], ensemble_bag: BagMetrics) -> UnitTest:
     """Compare the training distribution (val split) with the shifted test split."""
-    val = padded_batches(dataset.val, spec.batch_size)
-    val_probs = np.stack([_probs(m, val) for m in members])
+    val_probs = predict(members, padded_batches(dataset.val, spec.batch_size))
     metric = spec.criteria.bag_metric
-    val_bag = [_numpy(bag_metrics(dataset.val.labels, p)) for p in val_probs]
-    flags = [unit_test_flag(v[metric], t[metric]).to_dict() for v, t in zip(val_bag, member_bag, strict=True)]
-    ens_val = _numpy(bag_metrics(dataset.val.labels, combine_probs(val_probs)))
-    return {"metric": metric, "members": flags,
-            "flagged_rate": float(np.mean([f["flagged"] for f in flags])),
-            "ensemble": unit_test_flag(ens_val[metric], ens_bag[metric]).to_dict()}
+    val_bag = [BagMetrics.from_dict(bag_metrics(dataset.val.labels, p)) for p in val_probs]
+    flags = [unit_test_flag(v.value(metric), t.value(metric))
+             for v, t in zip(val_bag, member_bag, strict=True)]
+    ens_val = BagMetrics.from_dict(bag_metrics(dataset.val.labels, combine_probs(val_probs)))
+    return UnitTest(metric, flags, float(np.mean([f.flagged for f in flags])),
+                    unit_test_flag(ens_val.value(metric), ensemble_bag.value(metric)))
 
-
-def headline(metrics: dict[str, Any], criteria: SilentFailureCriteria) -> dict[str, float]:
-    """The few numbers a reader wants first (flat; NaN where undefined)."""
-    out: dict[str, float] = {
-        "bag_accuracy": metrics["member_mean"]["bag"]["accuracy"],
-        "bag_balanced_accuracy": metrics["member_mean"]["bag"]["balanced_accuracy"],
-        "ensemble_bag_accuracy": metrics["ensemble"]["bag"]["accuracy"],
-    }
-    key = criteria.importance_metric
-    for method, mean in metrics["member_mean"].items():
-        if method == "bag":
-            continue
-        ens = metrics["ensemble"][method]
-        out[f"{method}.{key}"] = mean.get(key, float("nan"))
-        out[f"{method}.silent_rate"] = mean["silent_rate"]
-        out[f"{method}.ensemble_{key}"] = ens.get(key, float("nan"))
-        out[f"{method}.ensemble_gain"] = ens.get(key, float("nan")) - mean.get(key, float("nan"))
-        out[f"{method}.ensemble_silent"] = ens["silent"]
-    if "unit_test" in metrics:
-        out["unit_test_flagged_rate"] = metrics["unit_test"]["flagged_rate"]
-    return out

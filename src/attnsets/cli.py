@@ -6,13 +6,17 @@ import inspect
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from attnsets.data.spec import load_config
 from attnsets.errors import DataFormatError, SpecError, SpecErrors
+
+if TYPE_CHECKING:
+    from attnsets.assessment import Assessment
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Can the attention weights of a set model be trusted as an explanation?")
@@ -77,7 +81,6 @@ def make_dataset_cmd(
 ) -> None:
     """Generate a dataset from a config file and write it to disk."""
     from attnsets.data import DatasetSpec, make_dataset, save_dataset
-    from attnsets.data.spec import load_config
 
     try:
         raw = dict(_dataset_section(load_config(config)))
@@ -145,46 +148,46 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return "—" if value != value else f"{value:.{digits}f}"
 
 
-def print_assessment(metrics: dict[str, Any], title: str = "") -> None:
+def print_assessment(assessment: Assessment, title: str = "") -> None:
     """Bag metrics, each explainer's importance metrics and the silent-failure flags as tables."""
-    k = metrics["n_members"]
+    k = assessment.n_members
     bag = Table(title=f"{title}bag metrics on the test split ({k} member{'s' * (k > 1)})")
     for col in ("", "accuracy", "balanced acc.", "AUROC", "log loss"):
         bag.add_column(col, justify="right")
-    for name, row in (("member mean", metrics["member_mean"]["bag"]),
-                      ("ensemble", metrics["ensemble"]["bag"])):
-        bag.add_row(name, *(_fmt(row[c]) for c in ("accuracy", "balanced_accuracy", "auroc",
-                                                   "log_loss")))
+    for name, row in (("member mean", assessment.member_mean_bag),
+                      ("ensemble", assessment.ensemble_bag)):
+        bag.add_row(name, *(_fmt(v) for v in (row.accuracy, row.balanced_accuracy, row.auroc,
+                                               row.log_loss)))
     console.print(bag)
-    crit = metrics["criteria"]
+    crit = assessment.criteria
     imp = Table(title="instance importance vs. ground-truth witnesses (mean over members)",
-                caption=f"silent failure = {crit['bag_metric']} >= {crit['min_bag_score']} and "
-                        f"{crit['importance_metric']} <= {crit['max_importance']}")
+                caption=f"silent failure = {crit.bag_metric} >= {crit.min_bag_score} and "
+                        f"{crit.importance_metric} <= {crit.max_importance}")
     for col in ("explainer", "AUROC [95% CI]", "AUPRC (chance)", "NDCG@k", "P@k", "AUROC-2",
                 "mass on witn.", "AOPC-R", "misleading", "silent", "ens. AUROC", "ens. silent"):
         imp.add_column(col, justify="right", no_wrap=True)
-    for method, mean in metrics["member_mean"].items():
-        if method == "bag":
-            continue
-        ens = metrics["ensemble"][method]
-        silent = sum(metrics["members"]["silent"][method])
+    for method, result in assessment.explainers.items():
+        silent = sum(result.silent)
+        mean = result.mean
         imp.add_row(
-            method, f"{_fmt(mean['auroc'])} [{_fmt(mean['auroc_ci_low'])}, {_fmt(mean['auroc_ci_high'])}]",
-            f"{_fmt(mean['auprc'])} ({_fmt(mean['auprc_chance'])})", _fmt(mean["ndcg_at_k"]),
-            _fmt(mean["precision_at_k"]), _fmt(mean["auroc2"]), _fmt(mean["concentration"]),
-            _fmt(mean["aopc_relative"]), _fmt(mean["misleading_rate"]),
-            f"[{'red' if silent else 'green'}]{silent}/{k}[/]", _fmt(ens["auroc"]),
-            "[red]yes[/]" if ens["silent"] else "[green]no[/]")
+            method, f"{_fmt(mean('auroc'))} [{_fmt(mean('auroc_ci_low'))}, "
+                    f"{_fmt(mean('auroc_ci_high'))}]",
+            f"{_fmt(mean('auprc'))} ({_fmt(mean('auprc_chance'))})", _fmt(mean("ndcg_at_k")),
+            _fmt(mean("precision_at_k")), _fmt(mean("auroc2")), _fmt(mean("concentration")),
+            _fmt(mean("aopc_relative")), _fmt(mean("misleading_rate")),
+            f"[{'red' if silent else 'green'}]{silent}/{k}[/]",
+            _fmt(result.ensemble_value("auroc")),
+            "[red]yes[/]" if result.ensemble_silent else "[green]no[/]")
     console.print(imp)
-    for method, reason in metrics["not_applicable"].items():
+    for method, reason in assessment.not_applicable.items():
         console.print(f"[dim]{method}: skipped, {reason}[/]")
-    if "unit_test" in metrics:
-        unit = metrics["unit_test"]
-        flagged = sum(f["flagged"] for f in unit["members"])
-        console.print(f"algorithmic unit test ({unit['metric']} on the train distribution vs. the "
+    unit = assessment.unit_test
+    if unit is not None:
+        flagged = sum(f.flagged for f in unit.members)
+        console.print(f"algorithmic unit test ({unit.metric} on the train distribution vs. the "
                       f"shifted test split): {flagged}/{k} members flagged; ensemble "
-                      f"{'[red]flagged[/]' if unit['ensemble']['flagged'] else '[green]passes[/]'}"
-                      f" ({unit['ensemble']['reason']})")
+                      f"{'[red]flagged[/]' if unit.ensemble.flagged else '[green]passes[/]'}"
+                      f" ({unit.ensemble.reason})")
 
 
 @app.command()
@@ -200,47 +203,28 @@ def evaluate(
 ) -> None:
     """Train a model (or ensemble) on a dataset config; print bag metrics, each explainer's
     importance metrics and silent-failure flags."""
-    from attnsets.assess import AssessSpec
-    from attnsets.data.spec import load_config
     from attnsets.explain import EXPLAINERS
-    from attnsets.metrics import SilentFailureCriteria
-    from attnsets.registry import build_dataclass
-    from attnsets.study.cell import train_and_assess
+    from attnsets.run import execute, run_spec_from_config
 
     try:
-        raw = load_config(config)
-        dataset = _dataset_section(raw)
-        dataset = {k: v for k, v in dataset.items() if k in ("pool", "rule", "bags", "bag_size",
-                                                                "witnesses", "seed")}
-        model = dict(raw.get("model", {"pooling": "attention"}))
-        if pooling:
-            model["pooling"] = pooling
-        training = dict(raw.get("training", {}))
-        if epochs is not None:
-            training["epochs"] = epochs
-        assess_raw = dict(raw.get("assess", {}))
-        methods = tuple(explainers.split(",")) if explainers else tuple(
-            assess_raw.pop("explainers", [m for m in EXPLAINERS.names() if m != "shapley"]))
-        unknown = [m for m in methods if m not in EXPLAINERS]
-        if unknown:
-            raise SpecError("explainers", unknown[0], f"one of {EXPLAINERS.names()}")
-        criteria = build_dataclass(SilentFailureCriteria, dict(raw.get("thresholds", {})),
-                                   "thresholds")
-        spec = build_dataclass(AssessSpec, {**assess_raw, "explainers": methods,
-                                            "criteria": criteria, "seed": seed}, "assess")
-        with console.status(f"training {members} member(s) and explaining"):
-            assessment, training_summary = train_and_assess(
-                dataset, model, training, list(range(seed, seed + members)), spec)
+        spec = run_spec_from_config(
+            load_config(config), members=members, seed=seed, pooling=pooling, epochs=epochs,
+            explainers=explainers.split(",") if explainers else None,
+            default_explainers=[m for m in EXPLAINERS.names() if m != "shapley"])
+        with console.status(f"training {members} member(s) and explaining") as status:
+            result = execute(spec, progress=lambda s: status.update(s))
     except (SpecError, SpecErrors) as err:
         _fail(err)
         return
-    console.print(f"trained in {training_summary['seconds']:.1f}s "
-                  f"(epochs run per member: {training_summary['epochs_run']})")
-    print_assessment(assessment.metrics)
+    assert result.assessment is not None
+    console.print(f"trained in {result.training.seconds:.1f}s "
+                  f"(epochs run per member: {result.training.epochs_run})")
+    print_assessment(result.assessment)
     if as_json:
-        from attnsets.study.store import _dumps
+        from attnsets.study.store import dumps
 
-        as_json.write_text(_dumps({**assessment.metrics, "training": training_summary}))
+        as_json.write_text(dumps({**result.assessment.to_dict(),
+                                  "training": result.training.to_dict()}))
         console.print(f"wrote {as_json}")
 
 
@@ -396,7 +380,8 @@ def audit_cmd(
     """Audit your own model on a battery of datasets with known witnesses: does it learn, does
     its attention find the witnesses, does it fail silently, does it pass the unit tests, does
     it respect padding? Exit code 1 when an entry fails."""
-    from attnsets.audit import audit, load_battery
+    from attnsets.audit import audit
+    from attnsets.data.battery import load_battery
 
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
@@ -475,8 +460,9 @@ def explain_data(
 ) -> None:
     """Explain your own bags (no instance labels needed): train an ensemble on a seeded split,
     score every instance, and rate each bag by how much the members agree (label-free)."""
+    from attnsets.data.own import load_bags
     from attnsets.models import ModelSpec
-    from attnsets.own_data import explain_own_data, load_bags
+    from attnsets.own_data import explain_own_data
 
     try:
         data = load_bags(table, bag_column, label_column,

@@ -68,7 +68,8 @@ def build_dataclass(factory: Any, params: dict[str, Any], field: str) -> Any:
         allowed = [f.name for f in dataclasses.fields(factory) if f.init]
         unknown = sorted(set(params) - set(allowed))
         if unknown:
-            raise SpecError(f"{field}.{unknown[0]}", params[unknown[0]], f"parameters {allowed}")
+            raise SpecError(f"{field}.{unknown[0]}" if field else unknown[0], params[unknown[0]],
+                            f"parameters {allowed}")
     try:
         return factory(**params)
     except SpecError as err:

@@ -75,22 +75,21 @@ def clean(value: Any) -> Any:
     return value
 
 
-def main() -> None:
+def compute(store_dir: Path) -> dict[str, Any]:
+    """Every front door's numbers on the tiny tasks; the study store is written to store_dir."""
     from typer.testing import CliRunner
 
     from attnsets.audit import audit
     from attnsets.cli import app
-    from attnsets.own_data import bags_from_arrays, explain_own_data
+    from attnsets.data.own import bags_from_arrays
+    from attnsets.own_data import explain_own_data
     from attnsets.study.config import validate_config
     from attnsets.study.results import results_frame
     from attnsets.study.runner import run_study
     from attnsets.study.store import ResultsStore
 
-    torch.set_num_threads(1)
     out: dict[str, Any] = {}
     work = Path(tempfile.mkdtemp())
-    store_dir = HERE / "store_v0"
-    shutil.rmtree(store_dir, ignore_errors=True)
     run_study(validate_config(STUDY), store_dir, show_progress=False)
     records = ResultsStore(store_dir).records()
     out["study"] = {f"{r['spec']['dataset_name']}/{r['spec']['model_name']}": clean(r["metrics"])
@@ -121,8 +120,16 @@ def main() -> None:
         "instances": clean(explained.instances[["consensus", "rank_spread", "top_k_votes"]]
                            .to_dict("list")),
         "metrics": clean(explained.metrics)}
-    (HERE / "golden.json").write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
     shutil.rmtree(work)
+    return out
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    store_dir = HERE / "store_v0"
+    shutil.rmtree(store_dir, ignore_errors=True)
+    out = compute(store_dir)
+    (HERE / "golden.json").write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
     print(f"wrote {HERE / 'golden.json'} and {store_dir}", file=sys.stderr)
 
 

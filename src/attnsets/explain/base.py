@@ -9,7 +9,7 @@ instances with ``batch.mask``: a 0 at padding is not a statement about importanc
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -80,6 +80,9 @@ class Explainer:
 
     requires: SetOutput fields that must be present (see OUTPUT_FIELDS).
     check: optional further test; returns None if the method applies, else the reason it does not.
+    options: the keyword options fn takes (("**",) when it takes any); read from fn's signature.
+    takes_seed: fn has a `seed` option (a stochastic method): callers that explain several
+    members give member i the seed ``seed + i`` instead of asking for the method by name.
     """
 
     fn: ExplainFn
@@ -87,6 +90,7 @@ class Explainer:
     check: Callable[[SetModel, SetOutput], str | None] | None = None
     description: str = ""
     options: tuple[str, ...] = field(init=False, default=())
+    takes_seed: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.requires) - set(OUTPUT_FIELDS))
@@ -98,6 +102,7 @@ class Explainer:
         else:
             names = tuple(p.name for p in params)
         object.__setattr__(self, "options", names)
+        object.__setattr__(self, "takes_seed", "seed" in names)
 
     def reason_not_applicable(self, model: SetModel, output: SetOutput) -> str | None:
         """None if this method applies to `model` (whose output on some input is `output`)."""
@@ -175,22 +180,27 @@ def resolve_method(method: str) -> tuple[str, Explainer]:
     return name, EXPLAINERS.get(name)
 
 
-def check_options(name: str, explainer: Explainer, options: dict[str, Any]) -> None:
+def check_options(name: str, explainer: Explainer, options: Mapping[str, Any],
+                  field: str | None = None) -> None:
+    """SpecError at `field` (default ``explain.<name>``) + ``.<option>`` for an option the
+    method does not take."""
     if "**" in explainer.options:
         return
     unknown = sorted(set(options) - set(explainer.options))
     if unknown:
-        raise SpecError(f"explain.{name}.{unknown[0]}", options[unknown[0]],
+        raise SpecError(f"{field or f'explain.{name}'}.{unknown[0]}", options[unknown[0]],
                         f"options of {name!r}: {list(explainer.options)}")
 
 
-def explain(model: SetModel, batch: Batch, method: str,
+def explain(model: SetModel, batch: Batch, method: str, /,
             target: int | Sequence[int] | np.ndarray | torch.Tensor | None = None,
             **options: Any) -> torch.Tensor:
     """Per-instance importance for `target`: (B, N) float32, exactly 0 where batch.mask is False.
 
     target: None = batch.target (the true label by default), an int, or (B,) classes.
     options: method-specific (see docs/explainers.md), e.g. head=, n_steps=, n_samples=, seed=.
+    `model`, `batch` and `method` are positional-only, so an option may share their names
+    (integrated gradients' integration rule is the option ``method=``).
     Raises SpecError if the method is unknown, an option is unknown, or the method does not
     apply to this model's pooling.
     """
@@ -212,7 +222,7 @@ def explain(model: SetModel, batch: Batch, method: str,
     return torch.where(batch.mask, scores, torch.zeros_like(scores))
 
 
-def explain_ensemble(members: Sequence[SetModel], batch: Batch, method: str,
+def explain_ensemble(members: Sequence[SetModel], batch: Batch, method: str, /,
                      target: int | Sequence[int] | np.ndarray | torch.Tensor | None = None,
                      **options: Any) -> torch.Tensor:
     """(K, B, N): `explain` for each of the K members, stacked (combine with e.g. .mean(0))."""

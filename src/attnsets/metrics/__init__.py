@@ -4,10 +4,12 @@ witnesses, deletion faithfulness, silent-failure checks and ensembles of explana
 See docs/metrics.md for formulas, chance levels and how undefined cases are reported.
 """
 
-from attnsets.metrics.bag import bag_metrics, check_bag_inputs
+from attnsets.metrics.bag import BAG_SCORES, bag_metrics, check_bag_inputs
+from attnsets.metrics.ensemble import METHODS as COMBINE_METHODS
 from attnsets.metrics.ensemble import combine_probs, combine_scores, ensemble_size_curve
 from attnsets.metrics.faithfulness import aopc, aopc_per_bag, deletion_order, removal_mask
 from attnsets.metrics.importance import (
+    IMPORTANCE_SCORES,
     NORMALISATIONS,
     ConfidenceInterval,
     MetricDict,
@@ -40,7 +42,8 @@ from attnsets.metrics.silent import (
 )
 
 __all__ = [
-    "NORMALISATIONS", "ConfidenceInterval", "MetricDict", "PerBagResult", "PooledResult",
+    "BAG_SCORES", "COMBINE_METHODS", "IMPORTANCE_SCORES", "NORMALISATIONS", "ConfidenceInterval",
+    "MetricDict", "PerBagResult", "PooledResult",
     "SilentFailureCriteria", "UnitTestResult", "aopc", "aopc_per_bag", "auprc2", "auroc2",
     "average_ranks", "bag_metrics", "bootstrap_ci", "check_bag_inputs", "check_importance_inputs",
     "combine_probs", "combine_scores", "concentration", "deletion_order", "ensemble_size_curve",

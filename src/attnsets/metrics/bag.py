@@ -50,6 +50,10 @@ def check_bag_inputs(labels: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
     return labels_arr, probs_arr
 
 
+#: Bag metrics that are scores in [0, 1] (higher is better): what a criterion may threshold.
+BAG_SCORES = ("accuracy", "balanced_accuracy", "auroc")
+
+
 def bag_metrics(labels: Any, probs: Any) -> MetricDict:
     """accuracy, balanced_accuracy, auroc, log_loss, n_bags, n_classes, auroc_n_classes_scored.
 

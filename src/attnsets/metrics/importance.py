@@ -612,6 +612,13 @@ def bootstrap_ci(values: np.ndarray | PerBagResult, n_boot: int = 1000, level: f
 # --------------------------------------------------------------------------- one entry point
 
 
+#: Importance metrics of `importance_report` that are scores in [0, 1] (higher = closer to the
+#: witnesses): what a silent-failure criterion may threshold.
+IMPORTANCE_SCORES = ("auroc", "auprc", "ndcg_at_k", "precision_at_k", "auroc2", "auprc2",
+                     "concentration", "auroc_pooled", "auprc_pooled", "auroc2_pooled",
+                     "auprc2_pooled")
+
+
 def importance_report(scores: Any, evidence: Any, mask: Any = None, *, k: int | None = None,
                       pooled_normalisation: str = "none", require_both_sides: bool = False,
                       n_boot: int = 1000, ci_level: float = 0.95,

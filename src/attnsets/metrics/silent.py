@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from attnsets.errors import SpecError
-from attnsets.metrics.importance import check_importance_inputs
+from attnsets.metrics.bag import BAG_SCORES
+from attnsets.metrics.importance import IMPORTANCE_SCORES, check_importance_inputs
 
 
 def _check_unit_interval(field_name: str, value: Any) -> None:
@@ -33,10 +34,10 @@ class SilentFailureCriteria:
     def __post_init__(self) -> None:
         _check_unit_interval("min_bag_score", self.min_bag_score)
         _check_unit_interval("max_importance", self.max_importance)
-        for name in ("bag_metric", "importance_metric"):
+        for name, allowed in (("bag_metric", BAG_SCORES), ("importance_metric", IMPORTANCE_SCORES)):
             value = getattr(self, name)
-            if not isinstance(value, str) or not value:
-                raise SpecError(name, value, "a metric name such as 'balanced_accuracy'")
+            if value not in allowed:
+                raise SpecError(name, value, f"one of {list(allowed)}")
 
 
 def _lookup(metrics: Mapping[str, float], name: str, field_name: str) -> float:

@@ -84,6 +84,26 @@ class ModelSpec:
             if not isinstance(params, dict):
                 raise SpecError(f"per_encoder.{name}", params, "a table of encoder parameters")
 
+    def check(self) -> list[SpecError]:
+        """Problems found without the data: unknown encoder / pooling names and parameter names
+        they do not take (values are checked by building the model for its data)."""
+        errors: list[SpecError] = []
+        checks = [("encoder", "encoder_params", ENCODERS, self.encoder, self.encoder_params),
+                  ("pooling", "pooling_params", POOLINGS, self.pooling, self.pooling_params)]
+        checks += [(f"per_encoder.{name}", f"per_encoder.{name}", ENCODERS, name, params)
+                   for name, params in self.per_encoder.items()]
+        for field_name, params_field, registry, name, params in checks:
+            if name is None:
+                continue
+            if name not in registry:
+                errors.append(SpecError(field_name, name, f"one of {registry.names()}"))
+                continue
+            allowed = [p for p in inspect.signature(registry.get(name)).parameters
+                       if p not in ("info", "out_dim", "in_dim", "n_classes")]
+            errors += [SpecError(f"{params_field}.{param}", value, f"parameters {allowed}")
+                       for param, value in params.items() if param not in allowed]
+        return errors
+
     def to_dict(self) -> dict[str, Any]:
         return {"pooling": self.pooling, "encoder": self.encoder, "embed_dim": self.embed_dim,
                 "pooling_params": dict(self.pooling_params),

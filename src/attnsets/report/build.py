@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 import attnsets
 from attnsets.errors import SpecError
+from attnsets.metrics import SilentFailureCriteria
 from attnsets.report.collect import StudyView, load_study
 from attnsets.report.examples import example_figures
 from attnsets.report.figures import (
@@ -94,13 +95,12 @@ def headline_display(headline: pd.DataFrame) -> pd.DataFrame:
 def _figure_specs(study: StudyView, curves: pd.DataFrame, palette: Palette
                   ) -> list[tuple[str, str, str, Callable[[], Figure | None]]]:
     method = study.method or "importance"
-    criteria = study.done[0].criteria if study.done else {}
+    criteria = study.done[0].criteria if study.done else SilentFailureCriteria()
     n_members = int((study.members["explainer"] == study.method).sum())
     combine = study.done[0].spec.get("combine", "mean_normalised") if study.done else ""
-    region = (f"bag {str(criteria.get('bag_metric', '')).replace('_', ' ')} ≥ "
-              f"{fmt(criteria.get('min_bag_score'))} and {method} "
-              f"{str(criteria.get('importance_metric', '')).upper()} ≤ "
-              f"{fmt(criteria.get('max_importance'))}")
+    region = (f"bag {criteria.bag_metric.replace('_', ' ')} ≥ {fmt(criteria.min_bag_score)} "
+              f"and {method} {criteria.importance_metric.upper()} ≤ "
+              f"{fmt(criteria.max_importance)}")
     return [
         ("silent_failures", f"Bag performance vs {method} importance, per trained member",
          f"Each point is one trained member ({n_members} in all), coloured by model. The shaded "
@@ -196,10 +196,11 @@ def render_report(study: StudyView, staging: Path, progress: Progress) -> None:
     tables = [
         TableBlock("headline", "Headline: rule × model",
                    f"Means over replicate cells; importance columns refer to {method} and "
-                   "pool every trained member; 95% CIs are percentile bootstraps over members "
-                   "(column ci_source in the CSV). Silent failures: members in the "
-                   "silent-failure region; P(fail): share of member subsets with AUROC at or "
-                   "below the threshold, single members → the largest ensemble.",
+                   "pool every trained member; 95% CIs are cluster bootstraps that resample "
+                   "whole cells, as on the results page (column ci_source in the CSV). "
+                   "Silent failures: members in the silent-failure region; P(fail): share "
+                   "of member subsets with AUROC at or below the threshold, single members "
+                   "→ the largest ensemble.",
                    headline_display(headline), files["headline"],
                    warn={"silent failures": "_silent"}),
         TableBlock("ranking", "Explainer ranking",

@@ -12,15 +12,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from attnsets.assessment import Assessment
 from attnsets.errors import SpecError
+from attnsets.metrics import SilentFailureCriteria
 from attnsets.study.store import STORE_NAME, ResultsStore
 
 #: The explainer the study is about; the report leads with it whenever the study has it.
 PREFERRED_METHOD = "attention"
 #: A baseline, never the headline explainer unless it is the only one.
 BASELINE_METHODS = ("random",)
-DEFAULT_CRITERIA = {"min_bag_score": 0.9, "max_importance": 0.7,
-                    "bag_metric": "balanced_accuracy", "importance_metric": "auroc"}
 
 MEMBER_COLUMNS = [
     "cell_id", "dataset", "model", "replicate", "member", "seed", "explainer",
@@ -41,21 +41,22 @@ class CellView:
     rule: str
     kind: str
     spec: dict[str, Any]
-    metrics: dict[str, Any]
+    assessment: Assessment
     seeds: list[int]
+    training: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def criteria(self) -> dict[str, Any]:
-        return {**DEFAULT_CRITERIA, **self.metrics.get("criteria", {})}
+    def criteria(self) -> SilentFailureCriteria:
+        return self.assessment.criteria
 
     @property
     def methods(self) -> list[str]:
         """Explainers with per-member results in this cell."""
-        return list(self.metrics.get("members", {}).get("importance", {}))
+        return self.assessment.methods
 
     @property
     def n_members(self) -> int:
-        return int(self.metrics.get("n_members", len(self.seeds)))
+        return self.assessment.n_members
 
 
 @dataclass
@@ -131,30 +132,27 @@ def choose_method(done: list[CellView], explainers: list[str]) -> str | None:
 
 def member_rows(cell: CellView) -> list[dict[str, Any]]:
     """One row per member x explainer of `cell` (see MEMBER_COLUMNS)."""
-    members = cell.metrics.get("members", {})
     criteria = cell.criteria
-    bag = members.get("bag", [])
+    bag = cell.assessment.member_bag
     rows = []
-    for method, reports in members.get("importance", {}).items():
-        silent = members.get("silent", {}).get(method, [])
-        aopcs = members.get("aopc", {}).get(method, [])
-        for k, report in enumerate(reports):
-            bag_k = bag[k] if k < len(bag) else {}
+    for method, result in cell.assessment.explainers.items():
+        silent, aopcs = result.silent, result.aopc
+        for k, report in enumerate(result.members):
+            bag_k = bag[k] if k < len(bag) else None
             rows.append({
                 "cell_id": cell.cell_id, "dataset": cell.dataset, "model": cell.model,
                 "replicate": cell.replicate, "member": k,
                 "seed": cell.seeds[k] if k < len(cell.seeds) else -1, "explainer": method,
-                "bag_score": _as_float(bag_k.get(criteria["bag_metric"])),
-                "bag_accuracy": _as_float(bag_k.get("accuracy")),
-                "bag_balanced_accuracy": _as_float(bag_k.get("balanced_accuracy")),
-                "importance": _as_float(report.get(criteria["importance_metric"])),
+                "bag_score": bag_k.value(criteria.bag_metric) if bag_k else math.nan,
+                "bag_accuracy": bag_k.accuracy if bag_k else math.nan,
+                "bag_balanced_accuracy": bag_k.balanced_accuracy if bag_k else math.nan,
+                "importance": _as_float(report.get(criteria.importance_metric)),
                 "auroc": _as_float(report.get("auroc")), "auprc": _as_float(report.get("auprc")),
                 "auprc_chance": _as_float(report.get("auprc_chance")),
                 "silent": bool(silent[k]) if k < len(silent) else False,
-                "aopc_relative": _as_float(aopcs[k].get("aopc_relative"))
-                if k < len(aopcs) else math.nan,
-                "min_bag_score": float(criteria["min_bag_score"]),
-                "max_importance": float(criteria["max_importance"]),
+                "aopc_relative": aopcs[k].aopc_relative if k < len(aopcs) else math.nan,
+                "min_bag_score": float(criteria.min_bag_score),
+                "max_importance": float(criteria.max_importance),
             })
     return rows
 
@@ -185,7 +183,8 @@ def load_study(results_dir: str | Path) -> StudyView:
             cell_id=rec["cell_id"], dataset=dataset_label(spec), model=str(spec.get("model_name")),
             replicate=int(spec.get("replicate", 0)), pool=str(pool),
             rule=str(spec.get("dataset", {}).get("rule", {}).get("name", "")),
-            kind=pool_kind(pool), spec=spec, metrics=rec["metrics"], seeds=list(rec["seeds"])))
+            kind=pool_kind(pool), spec=spec, assessment=Assessment.from_dict(rec["metrics"]),
+            seeds=list(rec["seeds"]), training=dict(rec["metrics"].get("training", {}))))
     config_datasets = [str(d.get("name")) for d in config.get("datasets", [])]
     config_models = [str(m.get("name")) for m in config.get("models", [])]
     config_explainers = list(config.get("study", {}).get("explainers", []))

@@ -70,13 +70,13 @@ class Example:
 
 def _member_values(cell: CellView, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(importance, bag score, silent) per member of `cell` for `method`."""
-    members = cell.metrics["members"]
+    result = cell.assessment.explainers[method]
     criteria = cell.criteria
-    importance = np.array([r.get(criteria["importance_metric"], math.nan)
-                           for r in members["importance"][method]], dtype=np.float64)
-    bag = np.array([b.get(criteria["bag_metric"], math.nan) for b in members["bag"]],
+    importance = np.array([r.get(criteria.importance_metric, math.nan) for r in result.members],
+                          dtype=np.float64)
+    bag = np.array([b.value(criteria.bag_metric) for b in cell.assessment.member_bag],
                    dtype=np.float64)[:len(importance)]
-    silent = np.array(members.get("silent", {}).get(method, [False] * len(importance)), dtype=bool)
+    silent = np.array(result.silent or [False] * len(importance), dtype=bool)
     return importance, bag, silent
 
 
@@ -178,7 +178,7 @@ def _short_metric(name: str) -> str:
 
 def _member_title(choice: ExampleChoice, k: int, role: str, bag_auroc: float) -> str:
     importance, bag, _ = _member_values(choice.cell, choice.method)
-    metric = _short_metric(choice.cell.criteria["bag_metric"])
+    metric = _short_metric(choice.cell.criteria.bag_metric)
     return (f"{role}: {choice.member_text(k)}\nAUROC on this bag {bag_auroc:.2f}, overall "
             f"{importance[k]:.2f}; bag {metric} {bag[k]:.2f}")
 
@@ -396,7 +396,7 @@ def _vector_figure(choice: ExampleChoice, split: BagSplit, arrays: dict[str, np.
                              linewidth=0)
         per_bag = (good_auroc if k == choice.good else bad_auroc)[bags]
         _, bag_score, _ = _member_values(choice.cell, choice.method)
-        metric = _short_metric(choice.cell.criteria["bag_metric"])
+        metric = _short_metric(choice.cell.criteria.bag_metric)
         ax.set_title(f"{role}\n{choice.member_text(k)}: AUROC {np.nanmean(per_bag):.2f} on "
                      f"these bags,\nbag {metric} {bag_score[k]:.2f}", fontsize=9)
     for ax in axes:
@@ -417,7 +417,7 @@ DRAWERS = {"image": _image_figure, "sequence": _sequence_figure, "vector": _vect
 def _caption(choice: ExampleChoice, shown: str) -> str:
     importance, bag, _ = _member_values(choice.cell, choice.method)
     criteria = choice.cell.criteria
-    metric = criteria["bag_metric"].replace("_", " ")
+    metric = criteria.bag_metric.replace("_", " ")
     roles = _roles(choice)
     parts = [f"{choice.cell.dataset} × {choice.cell.model}: {shown}."]
     for k, role in roles:

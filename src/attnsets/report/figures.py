@@ -88,9 +88,9 @@ def silent_failure_figure(study: StudyView, palette: Palette) -> Figure | None:
         ax.set_xlim(-0.03, 1.03)
         ax.set_ylim(min(0.0, float(sub["bag_score"].min())) - 0.03, 1.03)
         ax.set_title(_panel_title(study, dataset))
-        ax.set_xlabel(f"{method} importance {metric_label(criteria['importance_metric'])} "
+        ax.set_xlabel(f"{method} importance {metric_label(criteria.importance_metric)} "
                       "(per member)")
-        ax.set_ylabel(f"bag {metric_label(criteria['bag_metric'])}")
+        ax.set_ylabel(f"bag {metric_label(criteria.bag_metric)}")
     present = [m for m in study.models if m in set(data["model"])]
     extra = [Patch(facecolor=SHADE_COLOUR, alpha=0.4, hatch="///", label="silent-failure region"),
              Line2D([], [], color=BASELINE_COLOUR, linestyle=":", label="chance (0.5)")]
@@ -224,13 +224,13 @@ def deletion_figure(study: StudyView, palette: Palette) -> Figure | None:
     with the random-order reference; averaged over members and replicates."""
     grid: dict[tuple[str, str], dict[str, list[list[float]]]] = {}
     for cell in study.done:
-        for method, entries in cell.metrics.get("members", {}).get("aopc", {}).items():
+        for method, result in cell.assessment.explainers.items():
             panel = grid.setdefault((cell.dataset, cell.model), {})
-            for entry in entries:
-                if entry.get("curve"):
-                    panel.setdefault(method, []).append(entry["curve"])
-                if entry.get("random_curve"):
-                    panel.setdefault("\0random order", []).append(entry["random_curve"])
+            for entry in result.aopc:
+                if entry.curve:
+                    panel.setdefault(method, []).append(entry.curve)
+                if entry.random_curve:
+                    panel.setdefault("\0random order", []).append(entry.random_curve)
     grid = {key: value for key, value in grid.items() if value}
     if not grid:
         return None

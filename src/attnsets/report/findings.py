@@ -7,65 +7,13 @@ interval here is a *cluster* bootstrap that resamples whole cells."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from attnsets.metrics.cluster import LEVEL, Estimate, cluster_bootstrap
 from attnsets.report.collect import StudyView
-
-#: Resamples behind every interval of the findings, and their level.
-N_BOOT = 2000
-LEVEL = 0.95
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A mean (or a rate: the mean of 0/1 values) with its cluster-bootstrap interval."""
-
-    value: float
-    low: float
-    high: float
-    n: int
-    clusters: int
-
-    def text(self, percent: bool = False) -> str:
-        if math.isnan(self.value):
-            return "–"
-        if math.isnan(self.low):  # one cluster: nothing to resample
-            return f"{100 * self.value:.0f}% (1 cell)" if percent else f"{self.value:.3f} (1 cell)"
-        if percent:
-            return f"{100 * self.value:.0f}% [{100 * self.low:.0f}, {100 * self.high:.0f}]"
-        return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
-
-
-def cluster_bootstrap(values: Any, clusters: Any, *, n_boot: int = N_BOOT, level: float = LEVEL,
-                      seed: int = 0) -> Estimate:
-    """Mean of the finite `values` and a percentile interval from resampling whole clusters.
-
-    values, clusters: (n,). The mean of a resample is the ratio of the resampled cluster sums
-    to the resampled cluster sizes, so big and small clusters weigh what they hold."""
-    vals = np.asarray(values, dtype=np.float64)
-    keys = np.asarray(clusters)
-    keep = np.isfinite(vals)
-    vals, keys = vals[keep], keys[keep]
-    if vals.size == 0:
-        return Estimate(math.nan, math.nan, math.nan, 0, 0)
-    codes, uniques = pd.factorize(keys)
-    sums = np.bincount(codes, weights=vals)
-    sizes = np.bincount(codes).astype(np.float64)
-    n_clusters = len(uniques)
-    value = float(vals.mean())
-    if n_clusters < 2:
-        return Estimate(value, math.nan, math.nan, int(vals.size), n_clusters)
-    rng = np.random.default_rng(seed)
-    weights = rng.multinomial(n_clusters, np.full(n_clusters, 1.0 / n_clusters), size=n_boot)
-    boot = (weights @ sums) / (weights @ sizes)
-    tail = (1.0 - level) / 2.0
-    low, high = np.quantile(boot, [tail, 1.0 - tail])
-    return Estimate(value, float(low), float(high), int(vals.size), n_clusters)
-
 
 # --------------------------------------------------------------------------- per-member frame
 
@@ -83,12 +31,12 @@ def member_frame(study: StudyView) -> pd.DataFrame:
     extra = {"auprc2": [], "auroc2": [], "bag_auroc": []}
     for cell_id, member, method in zip(frame["cell_id"], frame["member"], frame["explainer"],
                                        strict=True):
-        members = cells[cell_id].metrics.get("members", {})
-        report = members.get("importance", {}).get(method, [{}])[member]
-        bag = members.get("bag", [{}])[member] if member < len(members.get("bag", [])) else {}
+        assessment = cells[cell_id].assessment
+        report = assessment.explainers[method].members[member]
+        bags = assessment.member_bag
         extra["auprc2"].append(_num(report.get("auprc2")))
         extra["auroc2"].append(_num(report.get("auroc2")))
-        extra["bag_auroc"].append(_num(bag.get("auroc")))
+        extra["bag_auroc"].append(bags[member].auroc if member < len(bags) else math.nan)
     for key, column in extra.items():
         frame[key] = column
     return frame
@@ -159,20 +107,16 @@ def ensembling(study: StudyView, method: str = "attention",
     threshold; silent = the silent-failure verdict of single members vs of the combined ensemble."""
     records = []
     for cell in study.done:
-        curve = cell.metrics.get("curve", {}).get(method, [])
-        ensemble = cell.metrics.get("ensemble", {}).get(method)
-        silent = cell.metrics.get("members", {}).get("silent", {}).get(method)
-        if not curve or ensemble is None or not silent:
+        result = cell.assessment.explainers.get(method)
+        if result is None or not result.curve or not result.silent:
             continue
-        first, last = curve[0], curve[-1]
+        first, last = result.curve[0], result.curve[-1]
         records.append({
-            "model": cell.model, "cell_id": cell.cell_id, "k_max": int(last["k"]),
-            "auroc_single": _num(first.get("auroc_mean")), "auroc_ensemble": _num(last.get(
-                "auroc_mean")),
-            "p_fail_single": _num(first.get("p_fail")), "p_fail_ensemble": _num(last.get(
-                "p_fail")),
-            "silent_single": float(np.mean(silent)), "silent_ensemble": _num(ensemble.get(
-                "silent"))})
+            "model": cell.model, "cell_id": cell.cell_id, "k_max": last.k,
+            "auroc_single": first.auroc_mean, "auroc_ensemble": last.auroc_mean,
+            "p_fail_single": first.p_fail, "p_fail_ensemble": last.p_fail,
+            "silent_single": float(np.mean(result.silent)),
+            "silent_ensemble": float(result.ensemble_silent)})
     frame = pd.DataFrame(records)
     if frame.empty:
         return frame
@@ -230,16 +174,14 @@ def unit_tests(study: StudyView, order: list[str] | None = None) -> pd.DataFrame
     test bag scores, and the share of ensembles flagged."""
     records = []
     for cell in study.done:
-        unit = cell.metrics.get("unit_test")
-        if not unit:  # recorded only for rules whose test split is shifted
+        unit = cell.assessment.unit_test
+        if unit is None:  # recorded only for rules whose test split is shifted
             continue
-        for k, flag in enumerate(unit.get("members", [])):
+        for k, flag in enumerate(unit.members):
             records.append({"rule": cell.rule, "model": cell.model, "cell_id": cell.cell_id,
-                            "member": k, "flagged": float(bool(flag.get("flagged"))),
-                            "val": _num(flag.get("train_metric")),
-                            "test": _num(flag.get("test_metric")),
-                            "ensemble_flagged": float(bool(unit.get("ensemble", {}).get(
-                                "flagged")))})
+                            "member": k, "flagged": float(flag.flagged),
+                            "val": flag.train_metric, "test": flag.test_metric,
+                            "ensemble_flagged": float(unit.ensemble.flagged)})
     frame = pd.DataFrame(records)
     if frame.empty:
         return frame
@@ -275,7 +217,7 @@ def agreement_frame(study: StudyView, method: str = "attention",
     model, bag, rank_agreement, top_k_overlap, consensus_auroc (NaN for bags without both
     witnesses and non-witnesses)."""
     from attnsets.metrics import per_bag_auroc
-    from attnsets.own_data import agreement
+    from attnsets.metrics.agreement import agreement
     from attnsets.study.store import ResultsStore
 
     frames = []
@@ -305,7 +247,7 @@ def agreement_frame(study: StudyView, method: str = "attention",
 def agreement_correlations(bags: pd.DataFrame) -> pd.DataFrame:
     """Spearman / Pearson correlation of each signal with the consensus AUROC, per bag (pooled)
     and per cell (means over its bags), with a cluster-bootstrap CI of the Spearman value."""
-    from attnsets.own_data import correlation
+    from attnsets.metrics.agreement import correlation
 
     eligible = bags[np.isfinite(bags["consensus_auroc"])]
     runs = eligible.groupby("cell_id", sort=False)[
@@ -324,7 +266,7 @@ def agreement_correlations(bags: pd.DataFrame) -> pd.DataFrame:
 def _spearman_ci(part: pd.DataFrame, signal: str, by_cell: bool, n_boot: int = 400,
                  seed: int = 0) -> tuple[float, float]:
     """Percentile CI of the Spearman correlation, resampling cells (bag level) or rows."""
-    from attnsets.own_data import correlation
+    from attnsets.metrics.agreement import correlation
 
     if len(part) < 3:
         return math.nan, math.nan

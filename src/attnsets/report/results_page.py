@@ -15,13 +15,12 @@ import numpy as np
 import pandas as pd
 
 from attnsets.errors import SpecError
+from attnsets.metrics.cluster import Estimate, cluster_bootstrap
 from attnsets.report.build import FIGURE_DIR, TABLE_DIR, render_report
 from attnsets.report.collect import StudyView, load_study
 from attnsets.report.findings import (
-    Estimate,
     agreement_correlations,
     agreement_frame,
-    cluster_bootstrap,
     ensembling,
     explainer_comparison,
     explanation_quality,
@@ -387,10 +386,10 @@ def _render(study: StudyView, staging: Path, assets_name: str, command: str,
         f"{', '.join(study.explainers)}. Do not edit this page by hand: rerun the command. "
         f"The tables behind every number are in [{assets_name}/{TABLE_DIR}]"
         f"({assets_name}/{TABLE_DIR}/). {run_facts(study.directory)}", "",
-        f"Thresholds: a member *learned* the task when its bag {criteria['bag_metric']} is at least "
-        f"{criteria['min_bag_score']}; its explanation *reflects the witnesses* when the importance "
-        f"{criteria['importance_metric']} (per bag, averaged over bags with witnesses and "
-        f"non-witnesses) is above {criteria['max_importance']}; a *silent failure* is a member "
+        f"Thresholds: a member *learned* the task when its bag {criteria.bag_metric} is at least "
+        f"{criteria.min_bag_score}; its explanation *reflects the witnesses* when the importance "
+        f"{criteria.importance_metric} (per bag, averaged over bags with witnesses and "
+        f"non-witnesses) is above {criteria.max_importance}; a *silent failure* is a member "
         "that learned the task and does not reflect the witnesses. Intervals are 95% percentile "
         "bootstraps that resample whole cells (the members of a cell share their data).", "",
         "## Findings at a glance", "",

@@ -58,8 +58,8 @@ def _silent(study: StudyView, headline: pd.DataFrame) -> list[str]:
         return []
     criteria = study.done[0].criteria
     first = rows.iloc[0]
-    rule = (f"bag {criteria['bag_metric'].replace('_', ' ')} ≥ {fmt(first['min_bag_score'])} "
-            f"while {method} importance {criteria['importance_metric'].upper()} ≤ "
+    rule = (f"bag {criteria.bag_metric.replace('_', ' ')} ≥ {fmt(first['min_bag_score'])} "
+            f"while {method} importance {criteria.importance_metric.upper()} ≤ "
             f"{fmt(first['max_importance'])}")
     lines = []
     failing = rows[rows["silent_failures"] > 0]
@@ -204,7 +204,7 @@ def missing_notes(study: StudyView) -> list[str]:
             notes.append(f"Model {model}: no finished cell.")
     reasons: dict[tuple[str, str], set[str]] = defaultdict(set)
     for cell in study.done:
-        for method, why in cell.metrics.get("not_applicable", {}).items():
+        for method, why in cell.assessment.not_applicable.items():
             reasons[(method, why)].add(cell.model)
     for (method, why), models in sorted(reasons.items()):
         listed = [m for m in study.models if m in models]

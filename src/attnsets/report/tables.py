@@ -9,12 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from attnsets.metrics import bootstrap_ci
+from attnsets.metrics.cluster import cluster_bootstrap
 from attnsets.report.collect import CellView, StudyView, dataset_label, nanmean
-
-#: Resamples of the member-level bootstrap behind the headline CIs.
-CI_BOOTSTRAP = 2000
-CI_LEVEL = 0.95
 
 HEADLINE_COLUMNS = [
     "dataset", "model", "pool", "rule", "cells", "members", "explainer",
@@ -58,38 +54,32 @@ def fmt(value: Any, column: str = "") -> str:
     return f"{number:+.3f}" if column in SIGNED_COLUMNS else f"{number:.3f}"
 
 
-def _ci(values: np.ndarray, seed: int) -> tuple[float, float]:
-    if np.isnan(values).all():
-        return math.nan, math.nan
-    interval = bootstrap_ci(values, n_boot=CI_BOOTSTRAP, level=CI_LEVEL, seed=seed)
-    return interval.low, interval.high
-
-
 def _curve_rows(cells: list[CellView], method: str) -> list[dict[str, Any]]:
-    return [dict(r) for c in cells for r in c.metrics.get("curve", {}).get(method, [])]
+    return [p.to_dict() for c in cells if method in c.assessment.explainers
+            for p in c.assessment.explainers[method].curve]
 
 
 def _headline_row(study: StudyView, dataset: str, model: str, method: str | None) -> dict[str, Any]:
     cells = study.cells(dataset, model)
     first = cells[0]
-    bag = [c.metrics.get("member_mean", {}).get("bag", {}) for c in cells]
-    ens_bag = [c.metrics.get("ensemble", {}).get("bag", {}) for c in cells]
+    bag = [c.assessment.member_mean_bag for c in cells]
+    ens_bag = [c.assessment.ensemble_bag for c in cells]
     row: dict[str, Any] = {
         "dataset": dataset, "model": model, "pool": first.pool, "rule": first.rule,
         "cells": len(cells), "members": sum(c.n_members for c in cells), "explainer": method or "",
-        "bag_accuracy": nanmean([b.get("accuracy", math.nan) for b in bag]),
-        "bag_balanced_accuracy": nanmean([b.get("balanced_accuracy", math.nan) for b in bag]),
-        "ensemble_bag_accuracy": nanmean([b.get("accuracy", math.nan) for b in ens_bag]),
+        "bag_accuracy": nanmean([b.accuracy for b in bag]),
+        "bag_balanced_accuracy": nanmean([b.balanced_accuracy for b in bag]),
+        "ensemble_bag_accuracy": nanmean([b.accuracy for b in ens_bag]),
         "note": "",
     }
     for column in HEADLINE_COLUMNS:
         row.setdefault(column, math.nan)
-    flagged = [c.metrics["unit_test"]["flagged_rate"] for c in cells if "unit_test" in c.metrics]
+    flagged = [c.assessment.unit_test.flagged_rate for c in cells
+               if c.assessment.unit_test is not None]
     row["unit_test_flagged_rate"] = nanmean(flagged) if flagged else math.nan
     with_method = [c for c in cells if method in c.methods]
     if method is None or not with_method:
-        reasons = sorted({c.metrics.get("not_applicable", {}).get(method, "")
-                          for c in cells} - {""})
+        reasons = sorted({c.assessment.not_applicable.get(method, "") for c in cells} - {""})
         row["note"] = f"{method}: {'; '.join(reasons) or 'not computed'}" if method else \
             "no explainer results"
         return row
@@ -98,22 +88,25 @@ def _headline_row(study: StudyView, dataset: str, model: str, method: str | None
     auroc, auprc = data["auroc"].to_numpy(float), data["auprc"].to_numpy(float)
     row["importance_auroc"], row["importance_auprc"] = nanmean(auroc), nanmean(auprc)
     row["auprc_chance"] = nanmean(data["auprc_chance"].to_numpy(float))
-    if np.count_nonzero(~np.isnan(auroc)) >= 2:
-        row["ci_source"] = "members"
-        row["importance_auroc_ci_low"], row["importance_auroc_ci_high"] = _ci(auroc, 0)
-        row["importance_auprc_ci_low"], row["importance_auprc_ci_high"] = _ci(auprc, 1)
-    else:  # one member: only the bag-level bootstrap stored with its metrics is available
+    cells_with_values = data.loc[~np.isnan(auroc), "cell_id"].nunique()
+    if cells_with_values >= 2:  # members of a cell are not independent: resample whole cells
+        row["ci_source"] = "cells"
+        for metric, values in (("auroc", auroc), ("auprc", auprc)):
+            estimate = cluster_bootstrap(values, data["cell_id"].to_numpy())
+            row[f"importance_{metric}_ci_low"] = estimate.low
+            row[f"importance_{metric}_ci_high"] = estimate.high
+    else:  # one cell: only the bag-level bootstraps stored with its members are available
         row["ci_source"] = "bags"
-        report = with_method[0].metrics["members"]["importance"][method][0]
+        result = with_method[0].assessment.explainers[method]
         for metric in ("auroc", "auprc"):
-            row[f"importance_{metric}_ci_low"] = float(report.get(f"{metric}_ci_low", math.nan))
-            row[f"importance_{metric}_ci_high"] = float(report.get(f"{metric}_ci_high", math.nan))
+            row[f"importance_{metric}_ci_low"] = result.mean(f"{metric}_ci_low")
+            row[f"importance_{metric}_ci_high"] = result.mean(f"{metric}_ci_high")
     row["min_bag_score"] = float(data["min_bag_score"].iloc[0])
     row["max_importance"] = float(data["max_importance"].iloc[0])
     row["members_accurate"] = int((data["bag_score"] >= data["min_bag_score"]).sum())
     row["silent_failures"] = int(data["silent"].sum())
     row["silent_rate"] = float(data["silent"].mean()) if len(data) else math.nan
-    ensemble_auroc = nanmean([c.metrics["ensemble"][method].get("auroc", math.nan)
+    ensemble_auroc = nanmean([c.assessment.explainers[method].ensemble_value("auroc")
                               for c in with_method])
     row["ensemble_auroc"] = ensemble_auroc
     row["ensemble_gain"] = ensemble_auroc - row["importance_auroc"]
@@ -132,8 +125,10 @@ def _headline_row(study: StudyView, dataset: str, model: str, method: str | None
 
 def headline_table(study: StudyView) -> pd.DataFrame:
     """One row per dataset x model (replicates pooled). Importance columns refer to
-    `study.method`; CIs are percentile bootstraps of the mean over all trained members
-    (ci_source "members"), or the stored bag bootstrap when a group has a single member."""
+    `study.method`; CIs are cluster bootstraps of the mean over all trained members that
+    resample whole cells (ci_source "cells", the same method as the results page), or the
+    members' mean of their stored bag-bootstrap bounds when a group has a single cell
+    (ci_source "bags")."""
     rows = [_headline_row(study, d, m, study.method) for d in study.datasets for m in study.models
             if study.cells(d, m)]
     return pd.DataFrame(rows, columns=HEADLINE_COLUMNS)
@@ -143,14 +138,11 @@ def explainer_ranking(study: StudyView) -> pd.DataFrame:
     """Per explainer, over the cells where it ran: mean and sd of the members' mean AUROC,
     mean AUPRC, the mean rank among the explainers of the same cell (1 = best), the share of
     silently failing members, the ensemble AUROC and the relative AOPC. rank: by mean AUROC."""
-    per_cell = [{"cell": c.cell_id, "explainer": m,
-                 "auroc": float(c.metrics["member_mean"][m].get("auroc", math.nan)),
-                 "auprc": float(c.metrics["member_mean"][m].get("auprc", math.nan)),
-                 "silent_rate": float(c.metrics["member_mean"][m].get("silent_rate", math.nan)),
-                 "aopc_relative": float(c.metrics["member_mean"][m].get("aopc_relative", math.nan)),
-                 "ensemble_auroc": float(c.metrics.get("ensemble", {}).get(m, {})
-                                         .get("auroc", math.nan))}
-                for c in study.done for m in c.methods if m in c.metrics.get("member_mean", {})]
+    per_cell = [{"cell": c.cell_id, "explainer": m, "auroc": r.mean("auroc"),
+                 "auprc": r.mean("auprc"), "silent_rate": r.silent_rate,
+                 "aopc_relative": r.mean("aopc_relative"),
+                 "ensemble_auroc": r.ensemble_value("auroc")}
+                for c in study.done for m, r in c.assessment.explainers.items()]
     if not per_cell:
         return pd.DataFrame(columns=RANKING_COLUMNS)
     frame = pd.DataFrame(per_cell)
@@ -178,10 +170,11 @@ def curve_table(study: StudyView) -> pd.DataFrame:
     explainer x K. The band columns are the means of the cells' q05 / q95."""
     rows = []
     for cell in study.done:
-        for method, curve in cell.metrics.get("curve", {}).items():
-            for point in curve:
+        for method, result in cell.assessment.explainers.items():
+            for point in result.curve:
+                values = point.to_dict()
                 rows.append({"dataset": cell.dataset, "model": cell.model, "explainer": method,
-                             **{k: point.get(k, math.nan) for k in CURVE_COLUMNS[3:]
+                             **{k: values.get(k, math.nan) for k in CURVE_COLUMNS[3:]
                                 if k != "cells"}})
     if not rows:
         return pd.DataFrame(columns=CURVE_COLUMNS)
@@ -206,9 +199,9 @@ def cells_table(study: StudyView) -> pd.DataFrame:
     for cell in study.done:
         rows.append({"dataset": cell.dataset, "model": cell.model, "replicate": cell.replicate,
                      "status": "done", "members": cell.n_members,
-                     "seconds": float(cell.metrics.get("training", {}).get("seconds", math.nan)),
+                     "seconds": float(cell.training.get("seconds", math.nan)),
                      "not_applicable": "; ".join(f"{m}: {why}" for m, why in
-                                                 cell.metrics.get("not_applicable", {}).items()),
+                                                 cell.assessment.not_applicable.items()),
                      "error": "", "cell_id": cell.cell_id})
     for rec in study.failed:
         spec = rec["spec"]

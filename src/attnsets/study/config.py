@@ -7,16 +7,20 @@ the bad value and what is allowed, before anything is trained or written.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError
 
 from attnsets.errors import SpecError, SpecErrors
+
+if TYPE_CHECKING:
+    from attnsets.run import RunSpec
 
 STUDY_SECTIONS = ("study", "training", "thresholds", "datasets", "models", "grid")
 
@@ -26,10 +30,11 @@ class StudySection(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1)
-    seeds: list[int] = Field(default=[0], min_length=1)
+    seeds: list[NonNegativeInt] = Field(default=[0], min_length=1)
     members: int = Field(default=5, ge=1, le=64)
     ensemble_sizes: list[int] | None = None
     explainers: list[str] = Field(default=["attention", "random"], min_length=1)
+    explainer_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     combine: str = "mean_normalised"
     bootstrap: int = Field(default=200, ge=0)
     curve_subsets: int = Field(default=50, ge=1)
@@ -76,6 +81,10 @@ class Cell:
     thresholds: dict[str, Any]
     config_hash: str
     cell_id: str = field(default="")
+    explainer_options: dict[str, Any] = field(default_factory=dict)
+    #: The typed run this cell executes, built when the config was validated (not stored: the
+    #: fields above are the cell's identity and its record in the store).
+    run: RunSpec | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.cell_id:
@@ -91,6 +100,8 @@ class Cell:
             "combine": self.combine, "bootstrap": self.bootstrap,
             "curve_subsets": self.curve_subsets, "thresholds": self.thresholds,
         }
+        if self.explainer_options:  # absent when empty: ids of earlier cells stay the same
+            data["explainer_options"] = self.explainer_options
         if with_id:  # the id depends on what the cell computes, not on the rest of the file
             data["cell_id"] = self.cell_id
             data["config_hash"] = self.config_hash
@@ -104,12 +115,21 @@ class Cell:
         data.setdefault("config_hash", "")
         return Cell(**data)
 
+    @property
+    def run_spec(self) -> RunSpec:
+        if self.run is None:
+            raise SpecError("cell.run", None, "a cell expanded from a validated study config")
+        return self.run
+
 
 @dataclass
 class StudyConfig:
+    """A validated study: the file as read, its sections, its hash and its typed cells."""
+
     raw: dict[str, Any]
     file: StudyFile
     config_hash: str
+    cells: list[Cell] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -133,80 +153,23 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     """Set `value` at a dotted path; `datasets.x` / `models.x` apply to every entry of the list."""
     head, _, rest = dotted.partition(".")
     if head in ("datasets", "models") and rest:
-        for entry in data[head]:
-            _set_nested(entry, rest, value)
+        for entry in _entries(data, head):
+            _set_nested(entry, rest, value, dotted)
     else:
-        _set_nested(data, dotted, value)
+        _set_nested(data, dotted, value, dotted)
 
 
-def _set_nested(data: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    for key in keys[:-1]:
+def _set_nested(data: dict[str, Any], path: str, value: Any, dotted: str) -> None:
+    keys = path.split(".")
+    for depth, key in enumerate(keys[:-1]):
         data = data.setdefault(key, {})
+        if not isinstance(data, dict):
+            raise SpecError(f"grid.{dotted}", value, f"a path through tables; "
+                                                     f"{'.'.join(keys[:depth + 1])} is {data!r}")
     data[keys[-1]] = value
 
 
 GRID_ROOTS = ("datasets", "models", "training", "thresholds", "study")
-
-def _check_dataset(entry: dict[str, Any]) -> list[SpecError]:
-    from attnsets.data import DatasetSpec
-
-    try:
-        DatasetSpec.from_dict({k: v for k, v in entry.items() if k != "name"})
-    except SpecErrors as err:
-        return err.errors
-    return []
-
-
-def _check_model(entry: dict[str, Any]) -> list[SpecError]:
-    """Names and parameter names of a model entry (building needs the data, so values of
-    encoder/pooling parameters are checked when the cell runs)."""
-    import inspect
-
-    from attnsets.models import ENCODERS, POOLINGS, ModelSpec
-    from attnsets.registry import build_dataclass
-
-    raw = {k: v for k, v in entry.items() if k != "name"}
-    try:
-        spec = build_dataclass(ModelSpec, raw, "")
-    except SpecError as err:
-        return [SpecError(err.field.lstrip("."), err.value, err.allowed)]
-    errors: list[SpecError] = []
-    checks = [("encoder", ENCODERS, spec.encoder, spec.encoder_params),
-              ("pooling", POOLINGS, spec.pooling, spec.pooling_params)]
-    checks += [(f"per_encoder.{name}", ENCODERS, name, params)
-               for name, params in spec.per_encoder.items()]
-    for field_name, registry, name, params in checks:
-        if name is None:
-            continue
-        if name not in registry:
-            errors.append(SpecError(field_name, name, f"one of {registry.names()}"))
-            continue
-        signature = inspect.signature(registry.get(name))
-        allowed = [p for p in signature.parameters if p not in ("info", "out_dim", "in_dim", "n_classes")]
-        for param in params:
-            if param not in allowed:
-                where = f"{field_name}.{param}" if "." in field_name else f"{field_name}_params.{param}"
-                errors.append(SpecError(where, params[param], f"parameters {allowed}"))
-    return errors
-
-
-def _check_training(entry: dict[str, Any]) -> list[SpecError]:
-    from attnsets.registry import build_dataclass
-    from attnsets.training import TrainSpec
-
-    try:
-        build_dataclass(TrainSpec, entry, "")
-    except SpecError as err:
-        return [SpecError(err.field.lstrip("."), err.value, err.allowed)]
-    return []
-
-
-def _check_explainers(names: list[str]) -> list[SpecError]:
-    from attnsets.explain import EXPLAINERS
-
-    return [SpecError(f"study.explainers[{i}]", n, f"one of {EXPLAINERS.names()}")
-            for i, n in enumerate(names) if n not in EXPLAINERS]
 
 
 def _entries(raw: dict[str, Any], section: str) -> list[dict[str, Any]]:
@@ -214,12 +177,10 @@ def _entries(raw: dict[str, Any], section: str) -> list[dict[str, Any]]:
     return [e for e in value if isinstance(e, dict)] if isinstance(value, list) else []
 
 
-def validate_config(raw: dict[str, Any]) -> StudyConfig:
-    """Validate a whole study config; raise SpecErrors with every problem found."""
+def _file_errors(raw: dict[str, Any]) -> tuple[StudyFile | None, list[SpecError]]:
+    """The section shapes (pydantic) and the names of datasets and models."""
     errors: list[SpecError] = []
     file: StudyFile | None = None
-    if not isinstance(raw, dict):
-        raise SpecErrors([SpecError("config", raw, f"a table with sections {list(STUDY_SECTIONS)}")])
     try:
         file = StudyFile.model_validate(raw)
     except ValidationError as err:
@@ -231,38 +192,179 @@ def validate_config(raw: dict[str, Any]) -> StudyConfig:
                 errors.append(SpecError(f"{section}[{i}].name", name, "a non-empty name"))
             elif names.index(name) != i:
                 errors.append(SpecError(f"{section}[{i}].name", name, "a name not used before"))
-    grid = raw.get("grid", {}) if isinstance(raw.get("grid", {}), dict) else {}
-    grid_ok = True
+    return file, errors
+
+
+def _grid_errors(raw: dict[str, Any]) -> tuple[dict[str, list[Any]], list[SpecError]]:
+    grid = raw.get("grid", {})
+    if not isinstance(grid, dict):
+        return {}, []  # reported by the section check
+    errors: list[SpecError] = []
     for key, values in grid.items():
         if key.split(".")[0] not in GRID_ROOTS or "." not in key:
             errors.append(SpecError(f"grid.{key}", values,
                                     f"a dotted path starting with one of {list(GRID_ROOTS)}"))
-            grid_ok = False
         elif not isinstance(values, list) or not values:
             errors.append(SpecError(f"grid.{key}", values, "a non-empty list of values"))
-            grid_ok = False
-    study = raw.get("study") if isinstance(raw.get("study"), dict) else {}
-    explainers = study.get("explainers", [])
-    if isinstance(explainers, list) and all(isinstance(e, str) for e in explainers):
-        errors += _check_explainers(explainers)
-    if file is not None:
-        for i, k in enumerate(file.study.ensemble_sizes or []):
-            if not 1 <= k <= file.study.members:
-                errors.append(SpecError(f"study.ensemble_sizes[{i}]", k,
-                                        f"sizes in 1..study.members ({file.study.members})"))
-    for variant_raw, _ in expand_grid(raw, grid if grid_ok else {}):
-        for i, entry in enumerate(_entries(variant_raw, "datasets")):
-            errors += [e.with_prefix(f"datasets[{i}]") for e in _check_dataset(entry)]
-        for i, entry in enumerate(_entries(variant_raw, "models")):
-            errors += [e.with_prefix(f"models[{i}]") for e in _check_model(entry)]
-        if isinstance(variant_raw.get("training", {}), dict):
-            errors += [e.with_prefix("training") for e in _check_training(variant_raw.get("training", {}))]
+    return ({} if errors else grid), errors
+
+
+def _collect(errors: list[SpecError], path: str, build: Any) -> Any:
+    """build() or None, with its SpecError(s) added to `errors` under `path`."""
+    try:
+        return build()
+    except SpecErrors as err:
+        errors.extend(e.with_prefix(path) for e in err.errors)
+    except SpecError as err:
+        errors.append(err.with_prefix(path))
+    return None
+
+
+@dataclass
+class _Sections:
+    """The sections of one grid variant that have the right shape (None where not)."""
+
+    study: StudySection | None
+    thresholds: ThresholdSection | None
+    training: dict[str, Any] | None
+    datasets: list[dict[str, Any]]
+    models: list[dict[str, Any]]
+
+    @staticmethod
+    def read(raw: dict[str, Any]) -> _Sections:
+        def part(model: type[BaseModel], value: Any) -> Any:
+            try:
+                return model.model_validate(value)
+            except ValidationError:
+                return None
+
+        training = raw.get("training", {})
+        return _Sections(part(StudySection, raw.get("study")),
+                         part(ThresholdSection, raw.get("thresholds", {})),
+                         training if isinstance(training, dict) else None,
+                         _entries(raw, "datasets"), _entries(raw, "models"))
+
+
+def _typed_variant(file: _Sections, variant: str, config_hash: str
+                   ) -> tuple[list[Cell], list[SpecError]]:
+    """Every spec of one grid variant built (and so validated) once, then checked against the
+    data each model meets; the cells when nothing is wrong."""
+    from attnsets.assess import AssessSpec
+    from attnsets.data import DatasetSpec
+    from attnsets.metrics import SilentFailureCriteria
+    from attnsets.models import ModelSpec
+    from attnsets.registry import build_dataclass
+    from attnsets.run import RunSpec, check_model, check_training, dataset_info, member_seeds
+    from attnsets.training import TrainSpec
+
+    errors: list[SpecError] = []
+    study = file.study
+    criteria = None if file.thresholds is None else _collect(
+        errors, "thresholds", lambda: SilentFailureCriteria(**file.thresholds.model_dump()))
+    assess_spec = None
+    if study is not None:
+        assess_table = {"explainers": study.explainers,
+                        "explainer_options": study.explainer_options, "combine": study.combine,
+                        "ensemble_sizes": study.ensemble_sizes,
+                        "curve_subsets": study.curve_subsets, "bootstrap": study.bootstrap}
+        assess_spec = _collect(errors, "study", lambda: AssessSpec.from_dict(
+            assess_table, "", criteria or SilentFailureCriteria()))
+    if assess_spec is not None and study is not None:
+        errors += [e.with_prefix("study") for e in assess_spec.check_members(study.members)]
+    training = None if file.training is None else _collect(
+        errors, "training", lambda: TrainSpec.from_dict(file.training, ""))
+    datasets = [_collect(errors, f"datasets[{i}]", lambda e=entry: DatasetSpec.from_dict(
+        {k: v for k, v in e.items() if k != "name"})) for i, entry in enumerate(file.datasets)]
+    models = [_collect(errors, f"models[{i}]", lambda e=entry: build_dataclass(
+        ModelSpec, {k: v for k, v in e.items() if k != "name"}, ""))
+        for i, entry in enumerate(file.models)]
+    for i, model in enumerate(models):
+        problems = [] if model is None else model.check()
+        errors += [e.with_prefix(f"models[{i}]") for e in problems]
+        if problems:
+            models[i] = None  # reported; building it for every dataset would only repeat it
+    for j, (entry, spec) in enumerate(zip(file.datasets, datasets, strict=True)):
+        if spec is None:
+            continue
+        info = _collect(errors, f"datasets[{j}]", lambda s=spec: dataset_info(s))
+        if info is None:
+            continue
+        where = f" (with datasets[{j}] {entry.get('name')!r})"
+        if training is not None:
+            errors += [SpecError(f"training.{e.field}", e.value, e.allowed + where)
+                       for e in check_training(training, info)]
+        for i, model in enumerate(models):
+            if model is not None:
+                errors += [SpecError(_model_field(i, e.field), e.value, e.allowed + where)
+                           for e in check_model(model, info, assess_spec)]
+    if errors or assess_spec is None or training is None or study is None \
+            or file.thresholds is None:
+        return [], errors
+    cells = []
+    for entry, spec in zip(file.datasets, datasets, strict=True):
+        for model_entry, model in zip(file.models, models, strict=True):
+            for replicate in study.seeds:
+                dataset_table = {k: v for k, v in entry.items() if k != "name"}
+                dataset_table["seed"] = replicate
+                seeds = member_seeds(replicate, study.members)
+                run = RunSpec(dataclasses.replace(spec, seed=replicate), model, training, seeds,
+                              dataclasses.replace(assess_spec, seed=replicate))
+                cells.append(Cell(
+                    study=study.name, dataset_name=entry["name"], model_name=model_entry["name"],
+                    variant=variant, replicate=replicate, dataset=dataset_table,
+                    model={k: v for k, v in model_entry.items() if k != "name"},
+                    training=dict(file.training), seeds=seeds,
+                    explainers=tuple(study.explainers),
+                    ensemble_sizes=tuple(study.ensemble_sizes or range(1, study.members + 1)),
+                    combine=study.combine, bootstrap=study.bootstrap,
+                    curve_subsets=study.curve_subsets, thresholds=file.thresholds.model_dump(),
+                    config_hash=config_hash, explainer_options=dict(study.explainer_options),
+                    run=run))
+    return cells, errors
+
+
+def _model_field(index: int, field: str) -> str:
+    """models[i].<field> for a model error (build_model names its fields ``model.*``)."""
+    if field.startswith("assess."):
+        return "study." + field.removeprefix("assess.")
+    return f"models[{index}]" + (field.removeprefix("model") if field.startswith("model") else
+                                 f".{field}")
+
+
+def _at_grid_point(errors: list[SpecError], variant: str) -> list[SpecError]:
+    return [SpecError(f"{e.field} [grid point {variant}]", e.value, e.allowed) if variant else e
+            for e in errors]
+
+
+def validate_config(raw: dict[str, Any]) -> StudyConfig:
+    """Validate a whole study config once (every section, every model against every dataset it
+    meets, every grid point) and expand it into typed cells; raise SpecErrors with every
+    problem found, each naming its path in the file."""
+    if not isinstance(raw, dict):
+        raise SpecErrors([SpecError("config", raw, f"a table with sections {list(STUDY_SECTIONS)}")])
+    file, errors = _file_errors(raw)
+    grid, grid_errors = _grid_errors(raw)
+    errors += grid_errors
+    digest = hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    cells: list[Cell] = []
+    seen = {str(e) for e in errors}
+    try:
+        variants = expand_grid(raw, grid)
+    except SpecError as err:
+        errors.append(err)
+        variants = [(raw, "")]
+    for variant_raw, variant in variants:
+        variant_errors = _file_errors(variant_raw)[1] if variant else []
+        variant_cells, more = _typed_variant(_Sections.read(variant_raw), variant, digest)
+        cells += variant_cells
+        # A problem the file has without the grid is reported once, without a grid point.
+        new = [e for e in variant_errors + more if str(e) not in seen]
+        errors += _at_grid_point(new, variant)
     unique: dict[str, SpecError] = {str(e): e for e in errors}
     if unique:
         raise SpecErrors(unique.values())
     assert file is not None
-    digest = hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return StudyConfig(raw, file, digest)
+    return StudyConfig(raw, file, digest, cells)
 
 
 def expand_grid(raw: dict[str, Any], grid: dict[str, list[Any]]) -> list[tuple[dict[str, Any], str]]:
@@ -280,30 +382,9 @@ def expand_grid(raw: dict[str, Any], grid: dict[str, list[Any]]) -> list[tuple[d
     return variants
 
 
-def member_seeds(replicate: int, members: int) -> tuple[int, ...]:
-    """Model seeds of a replicate: disjoint across replicates."""
-    return tuple(replicate * 1000 + m for m in range(members))
-
-
 def study_cells(config: StudyConfig) -> list[Cell]:
-    """Expand a validated config into cells: grid variants x datasets x models x replicate seeds."""
-    cells = []
-    for variant_raw, variant in expand_grid(config.raw, config.file.grid):
-        file = StudyFile.model_validate(variant_raw)
-        study = file.study
-        sizes = tuple(study.ensemble_sizes or range(1, study.members + 1))
-        for dataset, model, replicate in itertools.product(file.datasets, file.models, study.seeds):
-            dataset_spec = {k: v for k, v in dataset.items() if k != "name"}
-            dataset_spec["seed"] = replicate
-            cells.append(Cell(
-                study=study.name, dataset_name=dataset["name"], model_name=model["name"],
-                variant=variant, replicate=replicate, dataset=dataset_spec,
-                model={k: v for k, v in model.items() if k != "name"}, training=dict(file.training),
-                seeds=member_seeds(replicate, study.members), explainers=tuple(study.explainers),
-                ensemble_sizes=sizes, combine=study.combine, bootstrap=study.bootstrap,
-                curve_subsets=study.curve_subsets, thresholds=file.thresholds.model_dump(),
-                config_hash=config.config_hash))
-    return cells
+    """The cells of a validated config: grid variants x datasets x models x replicate seeds."""
+    return list(config.cells)
 
 
 def load_study(path: str | Path) -> StudyConfig:

@@ -91,7 +91,7 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def _dumps(value: Any) -> str:
+def dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=_json_default)
 
 
@@ -163,9 +163,9 @@ class ResultsStore:
             self.db.execute("DELETE FROM cells WHERE cell_id = ?", (record.cell_id,))
             self.db.execute(
                 "INSERT INTO cells VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (record.cell_id, record.study, record.status, _dumps(record.spec),
-                 _dumps(record.metrics), record.error,
-                 _dumps(record.seeds), record.config_hash, _dumps(record.versions),
+                (record.cell_id, record.study, record.status, dumps(record.spec),
+                 dumps(record.metrics), record.error,
+                 dumps(record.seeds), record.config_hash, dumps(record.versions),
                  record.started, record.finished, record.seconds))
             self.db.executemany("INSERT INTO arrays VALUES (?,?,?)",
                                 [(record.cell_id, name, _npy_bytes(a))

@@ -1,0 +1,92 @@
+"""The typed run gives every front door the numbers it gave before, and old stores still open.
+
+tests/golden/golden.json and tests/golden/store_v0 were written by the code before the typed run
+(see tests/golden/README.md)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from attnsets.assessment import Assessment
+from attnsets.report import write_report
+from attnsets.report.collect import load_study
+from attnsets.study.results import results_frame
+from attnsets.study.store import ResultsStore
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+sys.path.insert(0, str(GOLDEN))
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def assert_close(new: Any, old: Any, path: str = "") -> None:
+    """Equal structure, equal strings and flags, numbers within 1e-6 (relative)."""
+    if isinstance(old, dict):
+        assert isinstance(new, dict), path
+        assert sorted(new) == sorted(old), f"{path}: keys {sorted(set(new) ^ set(old))}"
+        for key in old:
+            assert_close(new[key], old[key], f"{path}.{key}")
+    elif isinstance(old, list):
+        assert isinstance(new, list) and len(new) == len(old), path
+        for i, (a, b) in enumerate(zip(new, old, strict=True)):
+            assert_close(a, b, f"{path}[{i}]")
+    elif isinstance(old, float) and not isinstance(new, bool):
+        assert isinstance(new, int | float), f"{path}: {new!r} vs {old!r}"
+        if math.isnan(old):
+            assert math.isnan(new), f"{path}: {new} vs nan"
+            return
+        assert math.isclose(new, old, rel_tol=1e-6, abs_tol=1e-9), f"{path}: {new} vs {old}"
+    else:
+        assert new == old, f"{path}: {new!r} vs {old!r}"
+
+
+@pytest.fixture(scope="module")
+def computed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from make_golden import compute
+
+    return compute(tmp_path_factory.mktemp("store"))
+
+
+@pytest.fixture(scope="module")
+def golden() -> dict[str, Any]:
+    return json.loads((GOLDEN / "golden.json").read_text())
+
+
+@pytest.mark.parametrize("door", ["study", "evaluate", "audit", "explain_data",
+                                  "study_frame_columns"])
+def test_front_door_gives_the_numbers_it_gave_before(computed: dict[str, Any],
+                                                     golden: dict[str, Any], door: str) -> None:
+    assert_close(json.loads(json.dumps(computed[door])), golden[door], door)
+
+
+@pytest.fixture
+def old_store(tmp_path: Path) -> Path:
+    copy = tmp_path / "store_v0"
+    shutil.copytree(GOLDEN / "store_v0", copy)
+    return copy
+
+
+def test_store_written_before_the_typed_run_still_opens(old_store: Path) -> None:
+    records = ResultsStore(old_store).records()
+    assert len(records) == 4
+    for record in records:
+        assessment = Assessment.from_dict(record["metrics"])
+        assert assessment.n_members == 2 and "attention" in assessment.explainers
+        # from_dict(to_dict()) is lossless on the stored layout
+        again = assessment.to_dict()
+        stored = {k: v for k, v in record["metrics"].items() if k != "training"}
+        assert_close(json.loads(json.dumps(again, default=float)),
+                     json.loads(json.dumps(stored)), record["cell_id"])
+        assert (assessment.unit_test is not None) == (record["spec"]["dataset_name"] == "p")
+    frame = results_frame(old_store)
+    assert len(frame) == 4 and frame["headline.attention.auroc"].notna().all()
+    study = load_study(old_store)
+    assert len(study.done) == 4
+    assert write_report(old_store, old_store / "report").is_file()
