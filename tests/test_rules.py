@@ -18,7 +18,7 @@ from attnsets.data import RULES, DatasetSpec, SetDataset, make_dataset
 from attnsets.data.bags import BagSplit
 from attnsets.data.generate import build_rule
 from attnsets.data.spec import load_config
-from attnsets.errors import SpecErrors
+from attnsets.errors import SpecError, SpecErrors
 
 #: Classes whose bags must hold at least one +1 instance for their own label (and the others none).
 WITNESS_LABELS: dict[str, set[int]] = {
@@ -386,6 +386,20 @@ def test_xmil_construction_checks_its_size_and_balance() -> None:
     assert not rule.natural_balance
     xmil = RULES.build("pos_neg", {"construction": "xmil", "balance": "natural"})
     assert (xmil.pos_ids, xmil.neg_ids) == ([4, 6, 8], [5, 7, 9]) and xmil.natural_balance
+
+
+def test_xmil_exact_balance_gives_up_with_a_spec_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rejection is capped: a label that the xMIL draws (almost) never produce names the way
+    out (balance = "natural") instead of looping."""
+    from attnsets.data.rules import pos_neg
+
+    monkeypatch.setattr(pos_neg, "MAX_TRIES", 1)
+    rule = {"name": "pos_neg", "construction": "xmil", "positive": [0],
+            "negative": list(range(1, 9))}  # 1 vs 8 of 10 concepts: label 1 is rare
+    with pytest.raises(SpecError) as info:
+        make_dataset(DatasetSpec.from_dict({**XMIL_SPEC, "rule": rule,
+                                            "bags": {"train": 20, "val": 2, "test": 2}}))
+    assert info.value.field == "rule.balance" and "'natural'" in str(info.value)
 
 
 def test_four_bags_milli_convention_supports_class_0_with_the_background() -> None:

@@ -72,7 +72,8 @@ class LabelRule(ABC):
     def sample_bag(self, size: int, n_concepts: int, witnesses: WitnessSpec, split: str,
                    rng: np.random.Generator) -> np.ndarray:
         """(size,) concept ids of a bag drawn without a requested label; called by the
-        generator only when `natural_balance` is True."""
+        generator only when `natural_balance` is True (such bags are not grown to
+        `required_size`, which depends on the label: `check_sizes` guards the size instead)."""
         raise NotImplementedError(f"{type(self).__name__} builds bags per label "
                                   "(natural_balance is False): use sample_concepts")
 
