@@ -179,7 +179,7 @@ class MultiConceptPoison(LabelRule):
 
     shifted_test: ClassVar[bool] = True
 
-    concepts: int | list[int] = field(default_factory=lambda: [8, 9])
+    concepts: list[int] = field(default_factory=lambda: [8, 9])
     poison: int | list[int] = 0
 
     def __post_init__(self) -> None:
