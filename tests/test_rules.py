@@ -18,13 +18,22 @@ from attnsets.data import RULES, DatasetSpec, SetDataset, make_dataset
 from attnsets.data.bags import BagSplit
 from attnsets.data.generate import build_rule
 from attnsets.data.spec import load_config
-from attnsets.errors import SpecErrors
+from attnsets.errors import SpecError, SpecErrors
 
 #: Classes whose bags must hold at least one +1 instance for their own label (and the others none).
 WITNESS_LABELS: dict[str, set[int]] = {
     "presence": {1}, "threshold": {1}, "all_of": {1}, "any_of": {1}, "ratio": {1},
     "four_bags": {1, 2, 3}, "pos_neg": {0, 1}, "poison": {1}, "false_frequency": {1},
+    "multi_concept_poison": {1},
 }
+
+
+def witness_labels(name: str, params: dict[str, Any]) -> set[int]:
+    """WITNESS_LABELS, except under MILLI's convention every four_bags class 0 bag (background
+    only) is all witnesses."""
+    if name == "four_bags" and params.get("evidence_convention") == "milli":
+        return {0, 1, 2, 3}
+    return WITNESS_LABELS[name]
 FIELDS = ("instances", "offsets", "labels", "concepts", "evidence")
 
 
@@ -41,6 +50,8 @@ def oracle(name: str, params: dict[str, Any], concepts: list[int]) -> tuple[int,
         a, b = set(ids_of(params["a"])), set(ids_of(params["b"]))
         has_a, has_b = any(c in a for c in concepts), any(c in b for c in concepts)
         table = {"a": [-1, 1, -1, 1], "b": [-1, -1, 1, 1], "-": [0, 0, 0, 0]}
+        if params.get("evidence_convention") == "milli":  # class 0: background +1, A, B 0
+            table = {"a": [0, 1, -1, 1], "b": [0, -1, 1, 1], "-": [1, 0, 0, 0]}
         rows = [table["a" if c in a else "b" if c in b else "-"] for c in concepts]
         return int(has_a) + 2 * int(has_b), rows
     if name == "pos_neg":
@@ -48,7 +59,8 @@ def oracle(name: str, params: dict[str, Any], concepts: list[int]) -> tuple[int,
         signs = [1 if c in pos else -1 if c in neg else 0 for c in concepts]
         n_pos, n_neg = signs.count(1), signs.count(-1)
         return int(n_pos > n_neg), [[-s, s] for s in signs]
-    marked = set(ids_of(params["concepts"] if name in ("all_of", "any_of") else params["key"]))
+    listed = name in ("all_of", "any_of", "multi_concept_poison")
+    marked = set(ids_of(params["concepts"] if listed else params["key"]))
     n_key = sum(count[c] for c in marked)
     if name in ("presence", "poison", "false_frequency"):
         label = int(n_key >= 1)
@@ -56,7 +68,7 @@ def oracle(name: str, params: dict[str, Any], concepts: list[int]) -> tuple[int,
         label = int(n_key >= params["k"])
     elif name == "ratio":
         label = int(n_key / len(concepts) >= params["r"])
-    elif name == "all_of":
+    elif name in ("all_of", "multi_concept_poison"):
         label = int(all(count[c] > 0 for c in marked))
     elif name == "any_of":
         label = int(any(count[c] > 0 for c in marked))
@@ -80,12 +92,20 @@ def rule_params(draw: st.DrawFn, name: str, ids: list[int]) -> dict[str, Any]:
         r = draw(st.one_of(st.just(1.0), st.floats(0.05, 1.0)))
         return {"key": one_or_two, "r": r}
     if name == "four_bags":
-        return {"a": ids[0], "b": draw(st.sampled_from([ids[1], ids[1:3]]))}
+        return {"a": ids[0], "b": draw(st.sampled_from([ids[1], ids[1:3]])),
+                "evidence_convention": draw(st.sampled_from(["attnsets", "milli"]))}
     if name == "pos_neg":
         p = draw(st.integers(1, 2))
-        return {"positive": ids[:p], "negative": ids[p:p + draw(st.integers(1, 2))]}
+        params = {"positive": ids[:p], "negative": ids[p:p + draw(st.integers(1, 2))]}
+        construction = draw(st.sampled_from(["attnsets", "xmil"]))
+        if construction == "xmil":
+            params |= {"construction": "xmil",
+                       "balance": draw(st.sampled_from(["exact", "natural"]))}
+        return params
     if name == "poison":
         return {"key": ids[0], "poison": ids[1]}
+    if name == "multi_concept_poison":
+        return {"concepts": ids[:2], "poison": ids[2]}
     if name == "false_frequency":
         low = draw(st.integers(2, 3))
         high = low + draw(st.integers(0, 1))
@@ -100,7 +120,10 @@ def dataset_specs(draw: st.DrawFn, name: str) -> dict[str, Any]:
     """A valid spec: smallest bag >= 6 and at most 2 minimum witnesses, so every rule fits."""
     n_concepts = draw(st.integers(5, 12))
     ids = draw(st.permutations(list(range(n_concepts))))
-    kind = draw(st.sampled_from(["fixed", "normal", "uniform"]))
+    rule = {"name": name, **draw(rule_params(name, ids))}
+    # xMIL's construction draws a fixed number of instances per bag
+    kinds = ["fixed"] if rule.get("construction") == "xmil" else ["fixed", "normal", "uniform"]
+    kind = draw(st.sampled_from(kinds))
     if kind == "fixed":
         bag_size: dict[str, Any] = {"kind": "fixed", "mean": draw(st.integers(6, 20))}
     elif kind == "normal":
@@ -116,7 +139,7 @@ def dataset_specs(draw: st.DrawFn, name: str) -> dict[str, Any]:
         witnesses = {"rate": draw(st.floats(0.01, 0.3))}
     return {
         "pool": {"name": "gaussian", "num_concepts": n_concepts, "dim": 3},
-        "rule": {"name": name, **draw(rule_params(name, ids))},
+        "rule": rule,
         "bags": {"train": draw(st.integers(1, 12)), "val": draw(st.integers(1, 6)),
                  "test": draw(st.integers(1, 6))},
         "bag_size": bag_size,
@@ -131,7 +154,8 @@ def check_split(ds: SetDataset, split_name: str, split: BagSplit) -> None:
     # every parameter, defaults included, as the oracle reads them
     name, params = spec.rule.name, {f.name: getattr(rule, f.name) for f in fields(rule)}
     counts = np.bincount(split.labels, minlength=rule.n_classes)
-    assert counts.max() - counts.min() <= 1, counts
+    if not rule.natural_balance:
+        assert counts.max() - counts.min() <= 1, counts
     assert split.evidence.dtype == np.int8
     assert split.evidence.shape == (len(split.concepts), rule.n_classes)
     assert set(np.unique(split.evidence).tolist()) <= {-1, 0, 1}
@@ -142,7 +166,12 @@ def check_split(ds: SetDataset, split_name: str, split: BagSplit) -> None:
         np.testing.assert_array_equal(bag.evidence, np.array(rows, dtype=np.int8))
         np.testing.assert_array_equal(bag.evidence, rule.evidence(bag.concepts))
         has_witness = bool((bag.evidence[:, bag.label] > 0).any())
-        assert has_witness == (bag.label in WITNESS_LABELS[name]), (bag.label, bag.concepts)
+        if name == "pos_neg" and params["construction"] == "xmil" and bag.label == 0:
+            # xMIL's class 0 includes bags without any evidence concept (a 0 vs 0 tie)
+            assert has_witness == bool((bag.evidence != 0).any()), bag.concepts
+        else:
+            assert has_witness == (bag.label in witness_labels(name, params)), (bag.label,
+                                                                                  bag.concepts)
         required = rule.required_size(bag.label, split_name)
         assert size >= required
         if size_spec.kind == "fixed":
@@ -292,6 +321,148 @@ def test_pos_neg_counts_and_ties() -> None:
     assert (pos == neg)[train.labels == 0].any() and (neg > 0)[train.labels == 1].any()
 
 
+#: xMIL's Pos-Neg (3 positive-, 3 negative-evidence digits of 10, 30 instances a bag), exact:
+#: P(label 1) summed over the kept subsets' trinomial laws, evidence share by exchangeability
+#: (each kept concept is equally likely to be any of the 10, 6 of which carry evidence).
+XMIL_POSITIVE_SHARE = 0.4702
+XMIL_EVIDENCE_SHARE = 0.6
+XMIL_SPEC = {"pool": {"name": "gaussian", "dim": 2}, "bag_size": {"kind": "fixed", "mean": 30}}
+
+
+def xmil_split(balance: str, n: int) -> BagSplit:
+    rule = {"name": "pos_neg", "construction": "xmil", "balance": balance}
+    return make_dataset(DatasetSpec.from_dict({**XMIL_SPEC, "rule": rule,
+                                               "bags": {"train": n, "val": 1, "test": 1}})).train
+
+
+@pytest.fixture(scope="module")
+def xmil_natural() -> BagSplit:
+    """10,000 bags of xMIL's Pos-Neg with its natural class shares."""
+    return xmil_split("natural", 10_000)
+
+
+def test_xmil_pos_neg_reproduces_xmil_shares_on_10000_bags(xmil_natural: BagSplit) -> None:
+    train = xmil_natural
+    assert (train.sizes == 30).all()
+    # binomial sd of the share is 0.005 on 10,000 bags
+    assert abs(train.labels.mean() - XMIL_POSITIVE_SHARE) < 0.02
+    carries = (train.evidence != 0).any(axis=1)
+    assert abs(carries.mean() - XMIL_EVIDENCE_SHARE) < 0.01
+    # xMIL's digits by default; the label follows instance counts
+    pos, neg = key_counts(train, [4, 6, 8]), key_counts(train, [5, 7, 9])
+    np.testing.assert_array_equal(train.labels, (pos > neg).astype(np.int64))
+    assert ((pos == neg) & (train.labels == 0)).any()  # ties occur and are class 0
+    np.testing.assert_array_equal(carries, np.isin(train.concepts, [4, 5, 6, 7, 8, 9]))
+    # hierarchical sampling: some bags keep a single concept, others most of them
+    distinct = np.array([len(np.unique(bag.concepts)) for bag in train])
+    assert distinct.min() == 1 and distinct.max() >= 9
+
+
+def bag_statistics(split: BagSplit, label: int) -> np.ndarray:
+    """(B_label, 3) per bag of `label`: #positive-, #negative-evidence instances, #concepts."""
+    chosen = [bag for bag in split if bag.label == label]
+    return np.array([[np.isin(b.concepts, [4, 6, 8]).sum(), np.isin(b.concepts, [5, 7, 9]).sum(),
+                      len(np.unique(b.concepts))] for b in chosen], dtype=np.float64)
+
+
+def test_xmil_exact_balance_keeps_xmils_bags_given_their_label(xmil_natural: BagSplit) -> None:
+    natural, exact = xmil_natural, xmil_split("exact", 2_000)
+    assert abs(exact.labels.mean() - 0.5) < 1e-3 and (exact.sizes == 30).all()
+    for label in (0, 1):
+        a, b = bag_statistics(natural, label), bag_statistics(exact, label)
+        standard_error = np.sqrt(a.var(axis=0) / len(a) + b.var(axis=0) / len(b))
+        assert (np.abs(a.mean(axis=0) - b.mean(axis=0)) < 4 * standard_error).all(), label
+
+
+def test_xmil_construction_checks_its_size_and_balance() -> None:
+    with pytest.raises(SpecErrors) as info:
+        DatasetSpec.from_dict({"pool": {"name": "gaussian"},
+                               "rule": {"name": "pos_neg", "construction": "xmil"}})
+    assert [e.field for e in info.value.errors] == ["bag_size"]
+    assert "fixed" in str(info.value) and "30" in str(info.value)
+    # the default construction is untouched: ours, with its own defaults
+    rule = RULES.build("pos_neg", {})
+    assert (rule.construction, rule.pos_ids, rule.neg_ids) == ("attnsets", [8, 9], [6, 7])
+    assert not rule.natural_balance
+    xmil = RULES.build("pos_neg", {"construction": "xmil", "balance": "natural"})
+    assert (xmil.pos_ids, xmil.neg_ids) == ([4, 6, 8], [5, 7, 9]) and xmil.natural_balance
+
+
+def test_xmil_exact_balance_gives_up_with_a_spec_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rejection is capped: a label that the xMIL draws (almost) never produce names the way
+    out (balance = "natural") instead of looping."""
+    from attnsets.data.rules import pos_neg
+
+    monkeypatch.setattr(pos_neg, "MAX_TRIES", 1)
+    rule = {"name": "pos_neg", "construction": "xmil", "positive": [0],
+            "negative": list(range(1, 9))}  # 1 vs 8 of 10 concepts: label 1 is rare
+    with pytest.raises(SpecError) as info:
+        make_dataset(DatasetSpec.from_dict({**XMIL_SPEC, "rule": rule,
+                                            "bags": {"train": 20, "val": 2, "test": 2}}))
+    assert info.value.field == "rule.balance" and "'natural'" in str(info.value)
+
+
+def test_four_bags_milli_convention_supports_class_0_with_the_background() -> None:
+    rule = RULES.build("four_bags", {"a": 8, "b": 9, "evidence_convention": "milli"})
+    evidence = rule.evidence(np.array([8, 9, 0]))
+    np.testing.assert_array_equal(evidence, [[0, 1, -1, 1], [0, -1, 1, 1], [1, 0, 0, 0]])
+    ours = RULES.build("four_bags", {"a": 8, "b": 9}).evidence(np.array([8, 9, 0]))
+    np.testing.assert_array_equal(evidence[:, 1:], ours[:, 1:])  # classes 1-3 agree
+    spec = spec_for({"name": "four_bags", "a": 1, "b": 2, "evidence_convention": "milli"})
+    train = make_dataset(spec).train
+    column_0 = train.evidence[:, 0]
+    np.testing.assert_array_equal(column_0, np.where(np.isin(train.concepts, [1, 2]), 0, 1))
+    for bag in train:  # a class 0 bag is background only: every instance is a witness
+        if bag.label == 0:
+            assert (bag.evidence[:, 0] == 1).all()
+
+
+def test_multi_concept_poison_needs_both_and_moves_the_poison() -> None:
+    spec = spec_for({"name": "multi_concept_poison", "concepts": [1, 2], "poison": 0},
+                    bag_size={"kind": "uniform", "low": 4, "high": 10})
+    ds = make_dataset(spec)
+    rule = build_rule(spec)
+    assert rule.shifted_test and spec.shifted_test
+    for split_name, split in ds.splits.items():
+        poison = key_counts(split, [0])
+        expected = split.labels if split_name == "test" else 1 - split.labels
+        np.testing.assert_array_equal(poison, expected)
+        a, b = key_counts(split, [1]) > 0, key_counts(split, [2]) > 0
+        np.testing.assert_array_equal(a & b, split.labels == 1)
+        negatives = split.labels == 0
+        assert set(zip(a[negatives].tolist(), b[negatives].tolist(), strict=True)) == \
+            {(False, False), (True, False), (False, True)}
+        listed = np.isin(split.concepts, [1, 2])
+        np.testing.assert_array_equal(split.evidence[listed], np.tile([-1, 1], (listed.sum(), 1)))
+        assert (split.evidence[~listed] == 0).all()  # poison and background are neutral
+        # "poison absent => positive" is perfect in training and always wrong in test
+        shortcut = (poison == 0).astype(np.int64)
+        assert float((shortcut == split.labels).mean()) == (0.0 if split_name == "test" else 1.0)
+    bag = ds.test[int(np.flatnonzero(ds.test.labels == 1)[0])]
+    assert rule.label(bag.concepts[bag.concepts != 0]) == 1
+
+
+def test_false_frequency_bag_size_carries_no_information() -> None:
+    # Sizes below max(test_copies): every bag of every split and label is exactly 44.
+    spec = spec_for({"name": "false_frequency", "key": 9, "frequent": 8},
+                    bag_size={"kind": "uniform", "low": 6, "high": 14})
+    ds = make_dataset(spec)
+    assert {s for split in ds.splits.values() for s in split.sizes.tolist()} == {44}
+    # A wider law: max(drawn size, 44), the same for every split and label.
+    spec = spec_for({"name": "false_frequency", "key": 9, "frequent": 8}, n=800,
+                    bag_size={"kind": "normal", "mean": 50, "sd": 8, "min": 5})
+    ds = make_dataset(spec)
+    groups = {(name, label): split.sizes[split.labels == label].astype(np.float64)
+              for name, split in ds.splits.items() for label in (0, 1)}
+    everything = np.concatenate(list(groups.values()))
+    for key, sizes in groups.items():
+        assert sizes.min() == 44, key
+        # 200+ bags a group: the mean's standard error is ~0.4
+        assert abs(sizes.mean() - everything.mean()) < 2.0, key
+        assert abs(sizes.std() - everything.std()) < 1.5, key
+        assert sizes.max() > 60, key
+
+
 def test_poison_moves_from_negatives_to_positives_in_test() -> None:
     spec = spec_for({"name": "poison", "key": 9, "poison": 0})
     ds = make_dataset(spec)
@@ -329,11 +500,12 @@ def test_false_frequency_rewards_counting_in_training_only() -> None:
         assert accuracy == (0.5 if split_name == "test" else 1.0)
 
 
-def test_unit_test_sizes_stay_label_independent_in_training() -> None:
-    for rule in ({"name": "poison"}, {"name": "false_frequency"}):
+def test_unit_test_sizes_stay_label_and_split_independent() -> None:
+    for rule in ({"name": "poison"}, {"name": "false_frequency"},
+                 {"name": "multi_concept_poison"}):
         spec = spec_for(rule, bag_size={"kind": "fixed", "mean": 2})
         ds = make_dataset(spec)
-        assert len(set(ds.train.sizes.tolist())) == 1 and len(set(ds.val.sizes.tolist())) == 1
+        assert len({s for split in ds.splits.values() for s in split.sizes.tolist()}) == 1
 
 
 # ---- bad specs ---------------------------------------------------------------------------------
@@ -365,6 +537,19 @@ BAD_SPECS = [
     ({"name": "four_bags", "a": 4, "b": 12}, {}, "rule.b", ["12"]),
     ({"name": "pos_neg", "positive": [1, 2], "negative": [2]}, {}, "rule.negative", ["2"]),
     ({"name": "poison", "key": 0, "poison": 0}, {}, "rule.poison", ["distinct"]),
+    ({"name": "pos_neg", "construction": "xmill"}, {}, "rule.construction",
+     ["'xmill'", "xmil"]),
+    ({"name": "pos_neg", "balance": "natural"}, {}, "rule.balance", ["'exact'", "attnsets"]),
+    ({"name": "pos_neg", "construction": "xmil"}, {"bag_size": {"kind": "uniform"}},
+     "bag_size", ["fixed", "xmil"]),
+    ({"name": "four_bags", "evidence_convention": "MILLI"}, {}, "rule.evidence_convention",
+     ["'MILLI'", "milli"]),
+    ({"name": "multi_concept_poison", "concepts": [3]}, {}, "rule.concepts", ["at least two"]),
+    ({"name": "multi_concept_poison", "concepts": [3, 4], "poison": 4}, {}, "rule.poison",
+     ["distinct"]),
+    ({"name": "multi_concept_poison", "concepts": [1, 2, 3]},
+     {"bag_size": {"kind": "fixed", "mean": 6}, "witnesses": {"count": [2, 3]}},
+     "witnesses.count", ["at most 1"]),
     ({"name": "false_frequency", "test_copies": [3, 5]}, {}, "rule.test_copies", ["[3, 5]"]),
     ({"name": "false_frequency", "positive_copies": [1, 2]}, {}, "rule.positive_copies",
      ["2 <= low"]),
@@ -421,7 +606,7 @@ def doc_snippets(folder: Path) -> list[dict[str, Any]]:
 
 def test_docs_have_a_working_toml_snippet_per_rule(tmp_path: Path) -> None:
     snippets = doc_snippets(tmp_path)
-    assert sorted(s["rule"]["name"] for s in snippets) == sorted(WITNESS_LABELS)
+    assert {s["rule"]["name"] for s in snippets} == set(WITNESS_LABELS)
     text = DOCS.read_text()
     for name in WITNESS_LABELS:
         assert f"## `{name}`" in text

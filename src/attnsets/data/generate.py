@@ -1,4 +1,5 @@
-"""Spec -> dataset: exact class balance, label-independent sizes, random instance order."""
+"""Spec -> dataset: exact class balance (or a rule's natural one), label-independent sizes,
+random instance order."""
 
 from __future__ import annotations
 
@@ -71,6 +72,7 @@ def check_components(pool_spec: ComponentSpec, rule_spec: ComponentSpec, bag_siz
     if pool is not None and rule is not None:
         errors.extend(qualify_rule_error(e) for e in
                       rule.check(n_concepts, bag_size.smallest, witnesses))
+        errors.extend(qualify_rule_error(e) for e in rule.check_sizes(bag_size))
     return errors
 
 
@@ -90,6 +92,8 @@ def balanced_labels(n: int, n_classes: int, rng: np.random.Generator) -> np.ndar
 def make_split(pool: InstancePool, rule: LabelRule, spec: DatasetSpec, split: str,
                rng: np.random.Generator) -> BagSplit:
     n_bags = spec.bags[split]
+    if rule.natural_balance:
+        return natural_split(pool, rule, spec, split, rng)
     labels = balanced_labels(n_bags, rule.n_classes, rng)
     sizes = spec.bag_size.sample(n_bags, rng)
     bag_concepts = []
@@ -102,6 +106,23 @@ def make_split(pool: InstancePool, rule: LabelRule, spec: DatasetSpec, split: st
                             f"a rule whose sample_concepts(label={label}) draws bags that its "
                             f"label() also labels {label} (one {split} bag was labelled {got})")
         bag_concepts.append(rng.permutation(concepts.astype(np.int64)))
+    return assemble(pool, rule, split, labels, bag_concepts, rng)
+
+
+def natural_split(pool: InstancePool, rule: LabelRule, spec: DatasetSpec, split: str,
+                  rng: np.random.Generator) -> BagSplit:
+    """A split of bags drawn without a requested label and labelled by the rule, so class
+    shares are the construction's own (a small split may lack a class)."""
+    bag_concepts = [rng.permutation(rule.sample_bag(size, pool.n_concepts, spec.witnesses,
+                                                    split, rng).astype(np.int64))
+                    for size in spec.bag_size.sample(spec.bags[split], rng).tolist()]
+    labels = np.array([rule.label(c) for c in bag_concepts], dtype=np.int64)
+    return assemble(pool, rule, split, labels, bag_concepts, rng)
+
+
+def assemble(pool: InstancePool, rule: LabelRule, split: str, labels: np.ndarray,
+             bag_concepts: list[np.ndarray], rng: np.random.Generator) -> BagSplit:
+    """The BagSplit of these bags' concepts: evidence from the rule, features from the pool."""
     sizes = np.array([len(c) for c in bag_concepts], dtype=np.int64)
     concepts = np.concatenate(bag_concepts)
     evidence = np.concatenate([rule.evidence(c) for c in bag_concepts]).astype(np.int8)

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from attnsets.data.spec import WitnessSpec
+from attnsets.data.spec import SizeSpec, WitnessSpec
 from attnsets.errors import SpecError
 from attnsets.registry import Registry
 
@@ -22,7 +22,9 @@ class LabelRule(ABC):
 
     The generator asks `sample_concepts` for a bag of a given label and size (constructive, so
     class balance is exact and sizes do not depend on the label); `label` and `evidence` are the
-    rule's definition and are what the property tests check generated bags against.
+    rule's definition and are what the property tests check generated bags against. A rule
+    whose `natural_balance` is True is instead asked for unlabelled bags (`sample_bag`), which
+    the generator labels with `label`.
     """
 
     n_classes: int = 2
@@ -54,6 +56,33 @@ class LabelRule(ABC):
     def required_size(self, label: int, split: str) -> int:
         """The smallest bag this rule can build for `label` in `split` (bags are grown to it)."""
         return 1
+
+    def check_sizes(self, bag_size: SizeSpec) -> list[SpecError]:
+        """Problems with the dataset's whole size distribution (most rules only need `check`'s
+        smallest bag; a rule whose construction fixes the bag size refuses other sizes here)."""
+        return []
+
+    @property
+    def natural_balance(self) -> bool:
+        """True when bags are drawn without a requested label (`sample_bag`) and labelled by
+        `label`: class shares are then the construction's own, not the generator's exact
+        balance."""
+        return False
+
+    def sample_bag(self, size: int, n_concepts: int, witnesses: WitnessSpec, split: str,
+                   rng: np.random.Generator) -> np.ndarray:
+        """(size,) concept ids of a bag drawn without a requested label; called by the
+        generator only when `natural_balance` is True (such bags are not grown to
+        `required_size`, which depends on the label: `check_sizes` guards the size instead)."""
+        raise NotImplementedError(f"{type(self).__name__} builds bags per label "
+                                  "(natural_balance is False): use sample_concepts")
+
+
+def choice(field: str, value: object, options: tuple[str, ...]) -> str:
+    """`value` if it is one of `options`, else SpecError naming them."""
+    if not isinstance(value, str) or value not in options:
+        raise SpecError(field, value, f"one of {list(options)}")
+    return value
 
 
 def check_concepts(field: str, values: list[int], n_concepts: int) -> list[SpecError]:

@@ -14,6 +14,7 @@ from attnsets.data.rules.base import (
     check_background,
     check_concepts,
     check_room,
+    choice,
     distinct,
     draw_counts,
     pick,
@@ -21,6 +22,8 @@ from attnsets.data.rules.base import (
 from attnsets.data.spec import WitnessSpec
 from attnsets.errors import SpecError
 
+#: ours: A and B refute class 0; MILLI's: the background supports class 0, A and B are neutral.
+EVIDENCE_CONVENTIONS = ("attnsets", "milli")
 #: (class, has A, has B) for the four classes.
 CLASSES = ((0, False, False), (1, True, False), (2, False, True), (3, True, True))
 
@@ -32,17 +35,20 @@ class FourBags(LabelRule):
 
     A bag of a class with A holds w_A instances of A (w_A from the WitnessSpec, each of a random
     concept of `a` if it is a list), one with B likewise w_B of B; the rest is background.
-    Signed, class-specific evidence as in MILLI:
-      class 0: A -1, B -1;  class 1: A +1, B -1;  class 2: A -1, B +1;  class 3: A +1, B +1;
-    background is 0 for every class.
+    Signed, class-specific evidence:
+      class 1: A +1, B -1;  class 2: A -1, B +1;  class 3: A +1, B +1; background 0;
+      class 0, evidence_convention = "attnsets" (default): A -1, B -1, background 0;
+      class 0, evidence_convention = "milli" (MILLI's code): A 0, B 0, background +1.
     """
 
     a: int | list[int] = 8
     b: int | list[int] = 9
+    evidence_convention: str = "attnsets"
 
     n_classes = 4
 
     def __post_init__(self) -> None:
+        choice("evidence_convention", self.evidence_convention, EVIDENCE_CONVENTIONS)
         self.a_ids = as_id_list("a", self.a)
         self.b_ids = as_id_list("b", self.b)
         distinct("b", self.a_ids, self.b_ids)
@@ -61,7 +67,10 @@ class FourBags(LabelRule):
     def evidence(self, concepts: np.ndarray) -> np.ndarray:
         is_a = np.isin(concepts, self.a_ids).astype(np.int8)
         is_b = np.isin(concepts, self.b_ids).astype(np.int8)
-        return np.stack([-is_a - is_b, is_a - is_b, is_b - is_a, is_a + is_b], axis=1)
+        # MILLI: "neither 8 nor 9" is supported by the digits that are neither (a and b are
+        # disjoint, so 1 - is_a - is_b is 1 on background and 0 on A and B).
+        class_0 = 1 - is_a - is_b if self.evidence_convention == "milli" else -is_a - is_b
+        return np.stack([class_0, is_a - is_b, is_b - is_a, is_a + is_b], axis=1)
 
     def sample_concepts(self, label: int, size: int, n_concepts: int, witnesses: WitnessSpec,
                         split: str, rng: np.random.Generator) -> np.ndarray:

@@ -3,7 +3,7 @@ purpose so that a model relying on a shortcut, not on the key concept, fails the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -21,6 +21,7 @@ from attnsets.data.rules.base import (
     draw_counts,
     pick,
 )
+from attnsets.data.rules.sets import random_subset
 from attnsets.data.spec import WitnessSpec
 from attnsets.errors import SpecError
 
@@ -99,9 +100,10 @@ class FalseFrequency(LabelRule):
     (all splits) holds w key instances (WitnessSpec) and `positive_copies` (default 2-3) copies of
     `frequent`; train/val negatives hold exactly one copy, test negatives `test_copies` (default
     35-44). In training "more than one frequent instance => positive" is as accurate as the key,
-    so a model that counts is rewarded there and fails on the test negatives. Bags are grown to
-    max(positive_copies) + 1 instances in every split (label-independent) and test negatives to
-    max(test_copies).
+    so a model that counts is rewarded there and fails on the test negatives. Every bag of every
+    split and label is grown to max(test_copies) instances, so the size distribution is the same
+    everywhere (max(drawn size, max(test_copies))) and bag size tells neither the label nor the
+    split: only the frequent concept's count changes at test time.
     Evidence: key instances +1 for class 1 and -1 for class 0; frequent and background 0.
     """
 
@@ -132,9 +134,10 @@ class FalseFrequency(LabelRule):
         return errors + check_room(witnesses, room, reserved=self.positive_range[1])
 
     def required_size(self, label: int, split: str) -> int:
-        if label == 0 and split == SHIFTED_SPLIT:
-            return self.test_range[1]
-        return self.positive_range[1] + 1
+        # Test negatives need room for max(test_copies); growing every bag to it (not only
+        # theirs) keeps size uninformative. test_range[0] > positive_range[1], so positives
+        # still have room for a key.
+        return self.test_range[1]
 
     def label(self, concepts: np.ndarray) -> int:
         return int(np.isin(concepts, self.keys).any())
@@ -157,3 +160,63 @@ class FalseFrequency(LabelRule):
         return np.concatenate([*parts, background(size - n_key - n_frequent,
                                                   self.keys + self.frequent_ids, n_concepts,
                                                   rng)])
+
+
+@RULES.register("multi_concept_poison")
+@dataclass
+class MultiConceptPoison(LabelRule):
+    """Positive iff every listed concept is present (Raff & Holt's multi-concept test, A and B);
+    a neutral `poison` instance flips sides at test time as in `poison`.
+
+    Positive bags hold every listed concept, negatives a uniformly random proper subset of them
+    (the empty one included), each present concept with its own w instances (WitnessSpec), as in
+    `all_of`. In train and val every negative holds exactly one poison instance and positives
+    none; in test every positive holds exactly one and negatives none. A model that learned
+    "poison absent => positive" flips on test; one that checks each concept's presence does not.
+    Every bag is grown to len(concepts) + 1 instances whatever its label and split.
+    Evidence: listed-concept instances +1 for class 1 and -1 for class 0; poison and background 0.
+    """
+
+    shifted_test: ClassVar[bool] = True
+
+    concepts: list[int] = field(default_factory=lambda: [8, 9])
+    poison: int | list[int] = 0
+
+    def __post_init__(self) -> None:
+        self.ids = as_id_list("concepts", self.concepts)
+        if len(self.ids) < 2:
+            raise SpecError("concepts", self.concepts,
+                            "at least two concept ids (one concept is the `poison` rule)")
+        self.poison_ids = as_id_list("poison", self.poison)
+        distinct("concepts", self.ids)
+        distinct("poison", self.ids, self.poison_ids)
+
+    def check(self, n_concepts: int, min_size: int, witnesses: WitnessSpec) -> list[SpecError]:
+        errors = check_concepts("concepts", self.ids, n_concepts)
+        errors += check_concepts("poison", self.poison_ids, n_concepts)
+        errors += check_background("poison", self.ids + self.poison_ids, n_concepts)
+        room = max(min_size, self.required_size(1, "train"))
+        return errors + check_room(witnesses, room, groups=len(self.ids), reserved=1)
+
+    def required_size(self, label: int, split: str) -> int:
+        return len(self.ids) + 1
+
+    def label(self, concepts: np.ndarray) -> int:
+        return int(np.isin(np.asarray(self.ids), concepts).all())
+
+    def evidence(self, concepts: np.ndarray) -> np.ndarray:
+        return binary_evidence(np.isin(concepts, self.ids))
+
+    def sample_concepts(self, label: int, size: int, n_concepts: int, witnesses: WitnessSpec,
+                        split: str, rng: np.random.Generator) -> np.ndarray:
+        poisoned = (label == 1) if split == SHIFTED_SPLIT else (label == 0)
+        n_poison = int(poisoned)
+        present = np.ones(len(self.ids), dtype=bool) if label == 1 \
+            else random_subset(len(self.ids), proper=True, rng=rng)
+        ids = np.asarray(self.ids, dtype=np.int64)[present]
+        counts = draw_counts(witnesses, len(ids), size, size - n_poison, rng) if len(ids) \
+            else np.zeros(0, dtype=np.int64)
+        members = np.repeat(ids, counts)
+        parts = [members, pick(self.poison_ids, n_poison, rng)]
+        return np.concatenate([*parts, background(size - len(members) - n_poison,
+                                                  self.ids + self.poison_ids, n_concepts, rng)])
