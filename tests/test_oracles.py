@@ -93,10 +93,11 @@ def oracle(dataset: SetDataset, kind: str, concepts: list[int], k: int = 1) -> S
 
 def unit_test(model: SetModel, dataset: SetDataset) -> dict[str, Any]:
     """The member's unit-test result from `assess` (val = training distribution vs test)."""
-    metrics = assess([model], dataset, AssessSpec(explainers=("attention",), bootstrap=0,
-                                                  deletion_steps=2)).metrics
-    result: dict[str, Any] = metrics["unit_test"]["members"][0]
-    assert metrics["unit_test"]["ensemble"]["flagged"] == result["flagged"]
+    unit = assess([model], dataset, AssessSpec(explainers=("attention",), bootstrap=0,
+                                               deletion_steps=2)).unit_test
+    assert unit is not None  # a shifted-test rule
+    result: dict[str, Any] = unit.members[0].to_dict()
+    assert unit.ensemble.flagged == result["flagged"]
     return result
 
 
