@@ -242,6 +242,26 @@ def test_nan_features_raise_and_name_the_data(gaussian: SetDataset) -> None:
         fit(MODEL, broken, QUICK)
 
 
+def test_divergence_names_the_batch_that_diverged(gaussian: SetDataset) -> None:
+    # Losses are read once per epoch (no per-step device sync), so the error must still name the
+    # first bad batch, not the last one of the epoch: NaN features in one bag poison exactly the
+    # batch that draws it in epoch 0 (batch 3 of 13 for seed 0).
+    train = gaussian.train
+    order = np.random.default_rng(QUICK.seed).permutation(len(train))
+    bag = int(order[50])
+    instances = train.instances.copy()
+    instances[int(train.offsets[bag]), 0] = np.nan
+    broken = with_train(gaussian, dataclasses.replace(train, instances=instances))
+    with pytest.raises(TrainingDivergedError, match=r"epoch 0, batch 3 "):
+        fit(MODEL, broken, QUICK)
+    batches = [int(np.flatnonzero(np.random.default_rng(seed).permutation(len(train)) == bag)[0])
+               // QUICK.batch_size for seed in (0, 1)]
+    member = int(np.argmin(batches))  # the member whose batch comes first (ties: member 0)
+    with pytest.raises(TrainingDivergedError,
+                       match=rf"member {member} \(seed {member}\).*epoch 0, batch {min(batches)} "):
+        fit_ensemble(MODEL, broken, QUICK, seeds=[0, 1])
+
+
 # --- ensembles ---------------------------------------------------------------------------------
 
 def test_ensemble_member_equals_member_trained_alone(gaussian: SetDataset) -> None:

@@ -116,9 +116,19 @@ class Batch:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def to(self, device: str | torch.device) -> Batch:
-        return Batch(*(t.to(device) for t in (self.x, self.mask, self.labels, self.evidence,
-                                               self.concepts, self.target)))
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """Every tensor of the batch, in field order."""
+        return (self.x, self.mask, self.labels, self.evidence, self.concepts, self.target)
+
+    def to(self, device: str | torch.device, non_blocking: bool = False) -> Batch:
+        """The batch with every tensor on `device`. non_blocking=True lets a copy from pinned
+        host memory (see pin_memory) to CUDA overlap with work already queued."""
+        return Batch(*(t.to(device, non_blocking=non_blocking) for t in self.tensors()))
+
+    def pin_memory(self) -> Batch:
+        """The batch in page-locked host memory, so that ``.to("cuda", non_blocking=True)`` is
+        asynchronous; needs a CUDA build of torch (and a visible GPU)."""
+        return Batch(*(t.pin_memory() for t in self.tensors()))
 
 
 def collate(bags: Sequence[Bag], target: int | Sequence[int] | None = None,

@@ -4,7 +4,8 @@ The bag is encoded and scored chunk by chunk while an online softmax keeps a run
 m, the running normaliser l = sum_i exp(s_i - m) and the running weighted sum
 z = sum_i exp(s_i - m) h_i; when a chunk raises the maximum, l and z are rescaled by
 exp(m_old - m_new). Only the scalar scores and norms of all N instances are kept (8 bytes per
-instance), plus one chunk of activations.
+instance), plus one chunk of activations. Everything is computed and accumulated on the model's
+device; a bag held on the host (an array, a memmap, a CPU tensor) is moved there chunk by chunk.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from attnsets.device import device_of, to_device
 from attnsets.errors import SpecError
 from attnsets.models.base import SetModel, SetOutput, require_int
 from attnsets.models.pooling import SoftmaxAttentionPooling
@@ -26,7 +28,8 @@ def attention_pool_large(model: SetModel, x: torch.Tensor | np.ndarray,
     x: (N, *instance_shape) tensor or array (a numpy memmap works: only one chunk is read at a
     time), or (1, N, *instance_shape) when `model.info` tells the instance shape.
     Returns SetOutput(logits (1, C), attention (1, N), head_attention (1, 1, N),
-    attention_norm (1, N)), equal to `model(x[None], mask)` up to float rounding.
+    attention_norm (1, N)) on the model's device, equal to `model(x[None], mask)` up to float
+    rounding.
     """
     pooling: Any = model.pooling
     if not isinstance(pooling, SoftmaxAttentionPooling):
@@ -41,16 +44,18 @@ def attention_pool_large(model: SetModel, x: torch.Tensor | np.ndarray,
     n = int(x.shape[0])
     if n < 1:
         raise SpecError("x", tuple(x.shape), "a bag with at least one instance")
-    scores = torch.empty(n, dtype=torch.float64)
-    norms = torch.empty(n, dtype=torch.float64)
-    running_max = torch.tensor(float("-inf"), dtype=torch.float64)
-    running_sum = torch.zeros((), dtype=torch.float64)
-    running_z = torch.zeros((), dtype=torch.float64)  # becomes (D,) after the first chunk
+    device = device_of(model)
+    scores = torch.empty(n, dtype=torch.float64, device=device)
+    norms = torch.empty(n, dtype=torch.float64, device=device)
+    running_max = torch.tensor(float("-inf"), dtype=torch.float64, device=device)
+    running_sum = torch.zeros((), dtype=torch.float64, device=device)
+    running_z = torch.zeros((), dtype=torch.float64, device=device)  # (D,) after the 1st chunk
     with torch.no_grad():
         for start in range(0, n, chunk_size):
             stop = min(start + chunk_size, n)
-            chunk = torch.as_tensor(np.asarray(x[start:stop]) if isinstance(x, np.ndarray)
-                                    else x[start:stop])
+            rows = x[start:stop]
+            chunk = to_device(torch.as_tensor(np.asarray(rows) if isinstance(rows, np.ndarray)
+                                              else rows), device)
             h = model.encode(chunk.unsqueeze(0))  # (1, n_chunk, D)
             chunk_scores = pooling.attention_logits(h)[0].double()  # (n_chunk,)
             h = h[0].double()

@@ -3,7 +3,8 @@
 The file is a torch.save'd dict of plain values and tensors, so it loads with
 ``torch.load(weights_only=True)`` (no pickled code runs). Loading rebuilds the model from the
 saved spec and checks every weight's name and shape before copying. Writes are atomic: a temp
-file in the same directory, then os.replace.
+file in the same directory, then os.replace. Weights are stored on the CPU whatever device the
+model trained on; `map_location` places a loaded model on a device.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import torch
 
+from attnsets.device import resolve_device
 from attnsets.errors import DataFormatError, SpecError
 from attnsets.models.base import InputInfo, ModelSpec, SetModel, build_model
 from attnsets.registry import build_dataclass
@@ -48,10 +50,17 @@ def save_ensemble(ensemble: Ensemble, path: str | Path,
     return _write(path, "ensemble", spec, info, state, extra)
 
 
+MapLocation = str | torch.device
+
+
 def load_model(path: str | Path, expected_spec: ModelSpec | None = None,
-               expected_info: InputInfo | None = None) -> SetModel:
+               expected_info: InputInfo | None = None,
+               map_location: MapLocation = "cpu") -> SetModel:
     """Rebuild a SetModel from a checkpoint written by save_model, in eval mode.
-    expected_*: raise DataFormatError unless the file holds this spec / input info."""
+    expected_*: raise DataFormatError unless the file holds this spec / input info.
+    map_location: the device the model is placed on, a torch.device or a device string
+    ("auto", "cpu", "cuda", "cuda:N"; SpecError if this machine lacks it)."""
+    device = _map_location(map_location)
     kind, meta, state = _read(path)
     if kind != "model":
         raise DataFormatError(f"{path}: holds an {kind}, not a single model; use load_ensemble")
@@ -60,12 +69,15 @@ def load_model(path: str | Path, expected_spec: ModelSpec | None = None,
     _check_state(path, spec, {n: tuple(t.shape) for n, t in model.state_dict().items()}, state)
     model.load_state_dict(state)
     model.eval()
-    return model
+    return model.to(device)
 
 
 def load_ensemble(path: str | Path, expected_spec: ModelSpec | None = None,
-                  expected_info: InputInfo | None = None) -> Ensemble:
-    """Rebuild an Ensemble from a checkpoint written by save_ensemble, in eval mode."""
+                  expected_info: InputInfo | None = None,
+                  map_location: MapLocation = "cpu") -> Ensemble:
+    """Rebuild an Ensemble from a checkpoint written by save_ensemble, in eval mode, with every
+    member on `map_location` (as for load_model)."""
+    device = _map_location(map_location)
     kind, meta, state = _read(path)
     if kind != "ensemble":
         raise DataFormatError(f"{path}: holds a single {kind}, not an ensemble; use load_model")
@@ -81,7 +93,7 @@ def load_ensemble(path: str | Path, expected_spec: ModelSpec | None = None,
     seeds = meta.get("seeds")
     ensemble = Ensemble(members, seeds if isinstance(seeds, list) else None)
     ensemble.eval()
-    return ensemble
+    return ensemble.to(device)
 
 
 def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
@@ -89,6 +101,14 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     ensemble n_members, seeds)."""
     kind, meta, _ = _read(path)
     return {"kind": kind, **meta}
+
+
+def _map_location(value: MapLocation) -> torch.device:
+    if isinstance(value, torch.device):
+        return value
+    if not isinstance(value, str):
+        raise SpecError("map_location", value, "a torch.device or a device string")
+    return resolve_device(value, "map_location")
 
 
 def _spec_and_info(model: Any, field: str) -> tuple[ModelSpec, InputInfo]:

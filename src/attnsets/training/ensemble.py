@@ -11,6 +11,8 @@ dropout draw different masks than a lone fit would. Members that early-stop are 
 the stacked pass (with their Adam state) and keep their best validation state.
 Members must not update buffers while training (e.g. BatchNorm running statistics): vmap
 cannot write them back.
+Device: as fit, the pass runs on ``TrainSpec.device``; members are initialised on the CPU and
+moved, batch losses and the best states stay on the device, and losses are read once per epoch.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from attnsets.data.generate import SetDataset
+from attnsets.device import deterministic, resolve_device, seeded, to_device
 from attnsets.errors import SpecError
 from attnsets.models.base import InputInfo, ModelSpec, SetModel, SetOutput, build_model
 from attnsets.training.fit import (
@@ -41,9 +44,11 @@ from attnsets.training.fit import (
     count_nonfinite,
     diverged_error,
     eval_chunks,
+    first_diverged,
     input_info,
     loss_terms,
     make_optimizer,
+    read_losses,
 )
 
 Tensors = dict[str, torch.Tensor]
@@ -171,12 +176,13 @@ def _clip_per_member(params: Tensors, max_norm: float) -> None:
 def _evaluate_rows(logits_of: Callable[..., torch.Tensor], params: Tensors, buffers: Tensors,
                    chunks: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
                    weights: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Per stacked row (A,): weighted mean validation cross-entropy and accuracy.
+    """Per stacked row (A,): weighted mean validation cross-entropy and accuracy, as host arrays.
     logits_of(params, buffers, x (B, N, ...), mask (B, N)) -> (A, B, C)."""
-    rows = next(iter(params.values())).shape[0]
-    total = torch.zeros(rows, dtype=torch.float64)
-    weight_sum = torch.zeros(rows, dtype=torch.float64)
-    correct = torch.zeros(rows, dtype=torch.int64)
+    first = next(iter(params.values()))
+    rows, device = first.shape[0], first.device
+    total = torch.zeros(rows, dtype=torch.float64, device=device)
+    weight_sum = torch.zeros(rows, dtype=torch.float64, device=device)
+    correct = torch.zeros(rows, dtype=torch.int64, device=device)
     with torch.no_grad():
         for x, mask, labels in chunks:
             chunk_total, chunk_weight, chunk_correct = loss_terms(
@@ -185,7 +191,7 @@ def _evaluate_rows(logits_of: Callable[..., torch.Tensor], params: Tensors, buff
             weight_sum += chunk_weight.double()
             correct += chunk_correct
     count = sum(len(labels) for _, _, labels in chunks)
-    return (total / weight_sum).numpy(), (correct.double() / count).numpy()
+    return (total / weight_sum).cpu().numpy(), (correct.double() / count).cpu().numpy()
 
 
 def fit_ensemble(model_spec: ModelSpec, dataset: SetDataset, train_spec: TrainSpec | None = None,
@@ -194,20 +200,25 @@ def fit_ensemble(model_spec: ModelSpec, dataset: SetDataset, train_spec: TrainSp
     """Train K members in one vectorised pass; see the module docstring for the equivalence
     with fit(). Each member early-stops on its own validation loss; the pass ends when all
     have stopped or the epochs run out. A member whose loss becomes NaN, infinite or exceeds
-    the divergence threshold raises TrainingDivergedError naming the member and its seed."""
+    the divergence threshold raises TrainingDivergedError naming the member and its seed (at
+    the end of that epoch). The members of the returned ensemble live on the training device
+    (``train_spec.device``; SpecError at ``train.device`` if this machine lacks it)."""
     spec = check_train_spec(train_spec)
     if not isinstance(model_spec, ModelSpec):
         raise SpecError("model_spec", type(model_spec).__name__, "a ModelSpec")
     member_seeds = resolve_seeds(n_members, seeds, spec.seed)
+    device = resolve_device(spec.device, "train.device")
     n = len(member_seeds)
     info = input_info(dataset)
-    models = [build_model(model_spec, info, seed=s) for s in member_seeds]
+    # Initialised on the CPU (as fit does), so a seed starts from the same weights everywhere.
+    models = [build_model(model_spec, info, seed=s).to(device) for s in member_seeds]
     # functional_call swaps the stacked slices into this copy; the members stay untouched.
     template = copy.deepcopy(models[0])
     params, buffers = stack_module_state(models)  # type: ignore[arg-type]
-    train = PaddedSplit.from_split(dataset.train)
-    val = eval_chunks(dataset.val, spec.eval_batch_size)
-    weights = class_weight_vector(spec.class_weights, dataset.train.labels, dataset.n_classes)
+    train = PaddedSplit.from_split(dataset.train).to(device)
+    val = eval_chunks(dataset.val, spec.eval_batch_size, device)
+    weights = to_device(class_weight_vector(spec.class_weights, dataset.train.labels,
+                                            dataset.n_classes), device)
     order_rngs = [np.random.default_rng(s) for s in member_seeds]
     optimizer = make_optimizer(params.values(), spec)
 
@@ -223,33 +234,38 @@ def fit_ensemble(model_spec: ModelSpec, dataset: SetDataset, train_spec: TrainSp
     histories = [History() for _ in range(n)]
     active = np.arange(n)  # member id of each stacked row
     started = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(member_seeds[0])
+    with seeded(member_seeds[0], device), deterministic(device):
         for epoch in range(spec.epochs):
             epoch_started = time.perf_counter()
             template.train()
             orders = np.stack([order_rngs[k].permutation(len(train)) for k in active])
-            loss_sums = np.zeros(len(active))
-            for batch_number, start in enumerate(range(0, len(train), spec.batch_size)):
+            order_rows = to_device(torch.from_numpy(orders), device)
+            starts = range(0, len(train), spec.batch_size)
+            batch_losses = []
+            for start in starts:
                 index = orders[:, start:start + spec.batch_size]  # (A, b)
-                x, mask, labels = train.batch(index)
+                x, mask, labels = train.batch(index, order_rows[:, start:start + spec.batch_size])
                 total, weight_sum, _ = loss_terms(train_logits(params, buffers, x, mask), labels,
                                                   weights)
                 losses = total / weight_sum  # (A,) each member's own mean loss
-                values = losses.detach().numpy().astype(np.float64)
-                bad = np.flatnonzero(~(values <= spec.divergence_threshold))
-                if len(bad):
-                    member = int(active[bad[0]])
-                    raise diverged_error(
-                        f"ensemble member {member} (seed {member_seeds[member]})", epoch,
-                        batch_number, float(values[bad[0]]), spec.divergence_threshold, spec.lr,
-                        count_nonfinite(dataset.train))
+                batch_losses.append(losses.detach())
                 optimizer.zero_grad(set_to_none=True)
                 losses.sum().backward()
                 if spec.max_grad_norm is not None:
                     _clip_per_member(params, spec.max_grad_norm)
                 optimizer.step()
-                loss_sums += values * index.shape[1]
+            values = read_losses(batch_losses)  # (n_batches, A)
+            for batch_number, batch_values in enumerate(values):
+                bad = first_diverged(batch_values, spec.divergence_threshold)
+                if bad is not None:
+                    member = int(active[bad])
+                    raise diverged_error(
+                        f"ensemble member {member} (seed {member_seeds[member]})", epoch,
+                        batch_number, float(batch_values[bad]), spec.divergence_threshold,
+                        spec.lr, count_nonfinite(dataset.train))
+            loss_sums = np.zeros(len(active))
+            for start, batch_values in zip(starts, values, strict=True):
+                loss_sums += batch_values * orders[:, start:start + spec.batch_size].shape[1]
             template.eval()
             val_loss, val_accuracy = _evaluate_rows(val_logits, params, buffers, val, weights)
             seconds = time.perf_counter() - epoch_started
@@ -282,8 +298,8 @@ def fit_ensemble(model_spec: ModelSpec, dataset: SetDataset, train_spec: TrainSp
                     history.stopped_early = epoch < spec.epochs - 1
                     stopped_rows.append(row)
             if improved_rows:
-                rows = torch.tensor(improved_rows)
-                members = torch.from_numpy(active[improved_rows])
+                rows = torch.tensor(improved_rows, device=device)
+                members = torch.from_numpy(active[improved_rows]).to(device)
                 with torch.no_grad():
                     for name, value in {**params, **buffers}.items():
                         best[name][members] = value.detach()[rows]
@@ -292,7 +308,8 @@ def fit_ensemble(model_spec: ModelSpec, dataset: SetDataset, train_spec: TrainSp
                 if len(keep_rows) == 0:
                     break
                 params, buffers, optimizer = _keep_rows(params, buffers, optimizer,
-                                                        torch.from_numpy(keep_rows), spec)
+                                                        torch.from_numpy(keep_rows).to(device),
+                                                        spec)
                 active = active[keep_rows]
     wall_time = time.perf_counter() - started
     for history in histories:

@@ -3,6 +3,11 @@
 Speed matters (hundreds of trainings on a small CPU), so each split is padded once into
 tensors; a training step only indexes the bags of its batch and trims the padding to the
 largest bag in that batch. The validation split is sorted by bag size and cut into chunks once.
+
+Device. Training runs on ``TrainSpec.device`` (attnsets.device). The padded splits are moved
+there once; each epoch's bag order is moved once; batch losses stay on the device and are read
+once per epoch, so a CUDA training loop never waits for the GPU inside an epoch. A diverged
+batch is therefore reported when its epoch ends (the rest of that epoch is wasted work).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from torch import nn
 
 from attnsets.data.bags import BagSplit
 from attnsets.data.generate import SetDataset
+from attnsets.device import check_device_string, deterministic, resolve_device, seeded, to_device
 from attnsets.errors import SpecError, TrainingDivergedError
 from attnsets.models.base import InputInfo, ModelSpec, SetModel, build_model
 from attnsets.registry import build_dataclass
@@ -41,7 +47,9 @@ class TrainSpec:
     (n / (C * count_c) on the training labels, as scikit-learn), None (all 1) or one positive
     weight per class. max_grad_norm: clip each model's (each ensemble member's) gradient norm.
     divergence_threshold: a batch loss above this (or NaN / inf) raises TrainingDivergedError.
-    eval_batch_size: bags per validation forward pass."""
+    eval_batch_size: bags per validation forward pass. device: where to train, "auto" (CUDA
+    when available, else CPU), "cpu", "cuda" or "cuda:N"; checked for syntax here and for
+    availability when training starts (see attnsets.device)."""
 
     epochs: int = 50
     batch_size: int = 16
@@ -53,6 +61,7 @@ class TrainSpec:
     max_grad_norm: float | None = None
     divergence_threshold: float = 1e4
     eval_batch_size: int = 256
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -85,6 +94,7 @@ class TrainSpec:
                                 '"balanced", None, or a list of positive finite weights')
             # A tuple keeps the frozen spec hashable.
             object.__setattr__(self, "class_weights", tuple(float(w) for w in weights))
+        check_device_string(self.device, "device")
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -94,7 +104,9 @@ class TrainSpec:
 
     @staticmethod
     def from_dict(data: dict[str, Any], path: str = "train") -> TrainSpec:
-        """Build from a config table; unknown keys and bad values raise SpecError at `path.key`."""
+        """Build from a config table; unknown keys and bad values raise SpecError at `path.key`.
+        Missing keys take their defaults (records written before `device` existed read as
+        "auto")."""
         if not isinstance(data, dict):
             raise SpecError(path, data, "a table of training settings")
         return build_dataclass(TrainSpec, data, path)  # type: ignore[no-any-return]
@@ -179,19 +191,35 @@ class PaddedSplit:
     def __len__(self) -> int:
         return len(self.sizes)
 
-    def batch(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
+    def to(self, device: torch.device) -> PaddedSplit:
+        """The split with its tensors on `device` (pinned, non-blocking copies to CUDA); sizes
+        stay on the host so that batching needs no device-to-host read."""
+        return PaddedSplit(to_device(self.x, device), to_device(self.mask, device),
+                           to_device(self.labels, device), self.sizes)
+
+    def batch(self, index: np.ndarray, rows: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """index: (..., b) bag ids -> x (..., b, n, *shape), mask (..., b, n), labels (..., b),
-        padded only to n = the largest bag among `index`."""
+        padded only to n = the largest bag among `index`. rows: the same ids already on the
+        split's device (saves a host-to-device copy, which on CUDA would wait for the GPU)."""
         n = max(int(self.sizes[index].max()), 1)
-        rows = torch.from_numpy(np.ascontiguousarray(index, dtype=np.int64))
+        if rows is None:
+            rows = torch.from_numpy(np.ascontiguousarray(index, dtype=np.int64)).to(self.device)
         return self.x[:, :n][rows], self.mask[:, :n][rows], self.labels[rows]
 
 
-def eval_chunks(split: BagSplit, chunk_size: int
+def eval_chunks(split: BagSplit, chunk_size: int, device: torch.device | None = None
                 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """The split as (x, mask, labels) chunks of <= chunk_size bags, sorted by size so that each
-    chunk carries little padding. For order-free statistics (loss sums, accuracy)."""
+    chunk carries little padding, on `device` (default cpu). For order-free statistics (loss
+    sums, accuracy)."""
     padded = PaddedSplit.from_split(split)
+    if device is not None:
+        padded = padded.to(device)
     order = np.argsort(padded.sizes, kind="stable")
     return [padded.batch(order[start:start + chunk_size])
             for start in range(0, len(order), chunk_size)]
@@ -257,6 +285,19 @@ def diverged_error(where: str, epoch: int, batch: int | None, loss: float, thres
     return TrainingDivergedError(f"{where}: loss {loss:g} at {place} {what}; {hint}")
 
 
+def first_diverged(values: np.ndarray, threshold: float) -> int | None:
+    """Index of the first entry of `values` (read from the device once per epoch) that is NaN,
+    infinite or above `threshold`; None if there is none."""
+    bad = np.flatnonzero(~(values <= threshold))  # ~(<=) also catches NaN
+    return int(bad[0]) if len(bad) else None
+
+
+def read_losses(batch_losses: Sequence[torch.Tensor]) -> np.ndarray:
+    """(n_batches, ...) float64 host copy of the detached batch losses an epoch kept on the
+    device: one device-to-host read per epoch instead of one per step."""
+    return torch.stack(list(batch_losses)).cpu().numpy().astype(np.float64)
+
+
 def count_nonfinite(split: BagSplit) -> int:
     instances = split.instances
     if not np.issubdtype(instances.dtype, np.floating):
@@ -267,20 +308,23 @@ def count_nonfinite(split: BagSplit) -> int:
 def evaluate(model: nn.Module,
              chunks: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
              weights: torch.Tensor) -> tuple[float, float]:
-    """(weighted mean cross-entropy, accuracy) of `model` in eval mode over the chunks."""
+    """(weighted mean cross-entropy, accuracy) of `model` in eval mode over the chunks (which,
+    like `weights`, live on the model's device)."""
     was_training = model.training
     model.eval()
-    total = weight_sum = 0.0
-    correct = count = 0
+    # float64 sums on the device, read once: the same additions, in the same order, as summing
+    # Python floats chunk by chunk, without one device-to-host read per chunk.
+    sums = torch.zeros(3, dtype=torch.float64, device=weights.device)
+    count = 0
     with torch.no_grad():
         for x, mask, labels in chunks:
             chunk_total, chunk_weight, chunk_correct = loss_terms(model(x, mask).logits, labels,
                                                                   weights)
-            total += float(chunk_total)
-            weight_sum += float(chunk_weight)
-            correct += int(chunk_correct)
+            sums += torch.stack([chunk_total.double(), chunk_weight.double(),
+                                 chunk_correct.double()])
             count += len(labels)
     model.train(was_training)
+    total, weight_sum, correct = sums.tolist()
     return total / weight_sum, correct / count
 
 
@@ -303,51 +347,63 @@ def fit(model_or_spec: SetModel | ModelSpec, dataset: SetDataset,
         progress: ProgressCallback | None = None) -> FitResult:
     """Train on dataset.train, early-stop on dataset.val, restore the best validation state.
 
-    A ModelSpec is built with init seed ``train_spec.seed``; a SetModel is trained in place.
-    The data order comes from ``numpy.random.default_rng(train_spec.seed)`` and dropout (if
-    any) from a torch generator seeded the same way, so the same seed gives identical weights
-    (for a fixed number of torch threads). Raises TrainingDivergedError on a NaN, infinite or
-    above-threshold loss instead of returning a broken model.
+    A ModelSpec is built with init seed ``train_spec.seed`` (on the CPU, so every device starts
+    from the same weights); a SetModel is trained in place. Both are moved to
+    ``train_spec.device`` and the returned model lives there. The data order comes from
+    ``numpy.random.default_rng(train_spec.seed)`` and dropout (if any) from torch generators
+    (CPU and the training device) seeded the same way, so the same seed gives identical weights
+    on the CPU (for a fixed number of torch threads) and agreement within the tolerance of
+    attnsets.device on CUDA. Raises SpecError (field ``train.device``) for a device this
+    machine lacks, and TrainingDivergedError on a NaN, infinite or above-threshold loss (at the
+    end of that epoch) instead of returning a broken model.
     """
     spec = check_train_spec(train_spec)
+    device = resolve_device(spec.device, "train.device")
     if isinstance(model_or_spec, ModelSpec):
         model = build_model(model_or_spec, input_info(dataset), seed=spec.seed)
     elif isinstance(model_or_spec, SetModel):
         model = model_or_spec
     else:
         raise SpecError("model", type(model_or_spec).__name__, "a ModelSpec or a SetModel")
-    train = PaddedSplit.from_split(dataset.train)
-    val = eval_chunks(dataset.val, spec.eval_batch_size)
-    weights = class_weight_vector(spec.class_weights, dataset.train.labels, dataset.n_classes)
+    model.to(device)
+    train = PaddedSplit.from_split(dataset.train).to(device)
+    val = eval_chunks(dataset.val, spec.eval_batch_size, device)
+    weights = to_device(class_weight_vector(spec.class_weights, dataset.train.labels,
+                                            dataset.n_classes), device)
     order_rng = np.random.default_rng(spec.seed)
-    optimizer = make_optimizer(model.parameters(), spec)
+    optimizer = make_optimizer(model.parameters(), spec)  # after .to: fused Adam is per device
     history = History()
     best_state = snapshot(model)
     best_loss = math.inf
     epochs_without_gain = 0
     started = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.seed)
+    with seeded(spec.seed, device), deterministic(device):
         for epoch in range(spec.epochs):
             epoch_started = time.perf_counter()
             model.train()
             order = order_rng.permutation(len(train))
-            loss_sum = 0.0
-            for batch_number, start in enumerate(range(0, len(order), spec.batch_size)):
+            rows = to_device(torch.from_numpy(order), device)
+            starts = range(0, len(order), spec.batch_size)
+            batch_losses = []
+            for start in starts:
                 index = order[start:start + spec.batch_size]
-                x, mask, labels = train.batch(index)
+                x, mask, labels = train.batch(index, rows[start:start + spec.batch_size])
                 loss = weighted_cross_entropy(model(x, mask).logits, labels, weights)
-                value = float(loss.detach())
-                if not value <= spec.divergence_threshold:  # also catches NaN
-                    raise diverged_error("training", epoch, batch_number, value,
-                                         spec.divergence_threshold, spec.lr,
-                                         count_nonfinite(dataset.train))
+                batch_losses.append(loss.detach())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if spec.max_grad_norm is not None:
                     nn.utils.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
                 optimizer.step()
-                loss_sum += value * len(index)
+            values = read_losses(batch_losses)
+            bad = first_diverged(values, spec.divergence_threshold)
+            if bad is not None:
+                raise diverged_error("training", epoch, bad, float(values[bad]),
+                                     spec.divergence_threshold, spec.lr,
+                                     count_nonfinite(dataset.train))
+            loss_sum = 0.0
+            for start, value in zip(starts, values, strict=True):
+                loss_sum += float(value) * len(order[start:start + spec.batch_size])
             val_loss, val_accuracy = evaluate(model, val, weights)
             if not math.isfinite(val_loss):
                 raise diverged_error("training", epoch, None, val_loss, spec.divergence_threshold,
