@@ -29,6 +29,7 @@ from attnsets.assessment import (
 )
 from attnsets.data.bags import BagSplit, Batch, collate
 from attnsets.data.generate import SetDataset
+from attnsets.device import check_device_string, device_of, resolve_device
 from attnsets.errors import SpecError
 from attnsets.explain import available_methods, deletion_curve, explain, random_deletion_curve
 from attnsets.metrics import (
@@ -60,7 +61,8 @@ class AssessSpec:
     to that method (see docs/explainers.md); the `seed` of a seeded method is `seed` + the
     member's index, not an option. combine: how member explanations are combined
     (mean_normalised | mean_rank | median). ensemble_sizes: K values of the ensemble-size
-    curve (default 1..M). bootstrap: resamples of each importance CI (0 = none)."""
+    curve (default 1..M). bootstrap: resamples of each importance CI (0 = none). device: where
+    to run the members (a device string, see attnsets.device; None = where they are)."""
 
     explainers: tuple[str, ...] = ("attention", "random")
     explainer_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -72,6 +74,7 @@ class AssessSpec:
     deletion_steps: int = 10
     batch_size: int = 128
     seed: int = 0
+    device: str | None = None
 
     def __post_init__(self) -> None:
         from attnsets.explain import EXPLAINERS
@@ -116,6 +119,8 @@ class AssessSpec:
         _int_at_least("deletion_steps", self.deletion_steps, 1)
         _int_at_least("batch_size", self.batch_size, 1)
         _int_at_least("seed", self.seed, 0)
+        if self.device is not None:
+            check_device_string(self.device, "device")
 
     def check_members(self, n_members: int) -> list[SpecError]:
         """Problems of this spec for an ensemble of `n_members` (sizes larger than it)."""
@@ -139,12 +144,27 @@ class AssessSpec:
         return build_dataclass(AssessSpec, table, path)  # type: ignore[no-any-return]
 
 
-def padded_batches(split: BagSplit, batch_size: int) -> list[Batch]:
+def padded_batches(split: BagSplit, batch_size: int, device: torch.device | None = None
+                   ) -> list[Batch]:
     """The split in order as batches of `batch_size` bags, all padded to the split's largest bag
-    so that their (B, N) outputs concatenate."""
+    so that their (B, N) outputs concatenate; on `device` (default cpu)."""
     width = int(split.sizes.max())
-    return [collate([split[i] for i in range(start, min(start + batch_size, len(split)))],
-                    pad_to=width) for start in range(0, len(split), batch_size)]
+    batches = [collate([split[i] for i in range(start, min(start + batch_size, len(split)))],
+                       pad_to=width) for start in range(0, len(split), batch_size)]
+    if device is None or device.type == "cpu":
+        return batches
+    return [b.pin_memory().to(device, non_blocking=True) for b in batches]
+
+
+def place_members(members: Sequence[SetModel], device: str | None) -> torch.device:
+    """The device the members run on: `device` (a device string; the members are moved there)
+    or, with None, the device of the first member (all must share it)."""
+    target = resolve_device(device, "assess.device") if device is not None \
+        else device_of(members[0])
+    for model in members:
+        if device_of(model) != target:
+            model.to(target)
+    return target
 
 
 def _table(metrics: Mapping[str, Any]) -> MetricTable:
@@ -270,10 +290,11 @@ def assess(members: Sequence[SetModel], dataset: SetDataset, spec: AssessSpec | 
     problems = spec.check_members(len(members))
     if problems:
         raise problems[0]
-    batches = padded_batches(dataset.test, spec.batch_size)
+    device = place_members(members, spec.device)
+    batches = padded_batches(dataset.test, spec.batch_size, device)
     labels = dataset.test.labels
-    mask = torch.cat([b.mask for b in batches]).numpy()
-    evidence = torch.cat([b.evidence for b in batches]).numpy()
+    mask = torch.cat([b.mask for b in batches]).cpu().numpy()
+    evidence = torch.cat([b.evidence for b in batches]).cpu().numpy()
     methods, not_applicable = applicable_methods(members[0], batches[0], spec.explainers)
 
     probs = predict(members, batches)  # (K, B, C)
@@ -283,7 +304,7 @@ def assess(members: Sequence[SetModel], dataset: SetDataset, spec: AssessSpec | 
     arrays: dict[str, np.ndarray] = {
         "mask": mask, "evidence": evidence.astype(np.int8), "labels": labels,
         "probs": probs.astype(np.float32),
-        "concepts": torch.cat([b.concepts for b in batches]).numpy()}
+        "concepts": torch.cat([b.concepts for b in batches]).cpu().numpy()}
     random_curves = [_random_curves(m, batches, spec.deletion_steps, spec.seed)
                      for m in members] if methods else []
     explainers: dict[str, ExplainerAssessment] = {}
@@ -291,7 +312,7 @@ def assess(members: Sequence[SetModel], dataset: SetDataset, spec: AssessSpec | 
         explainers[method], scores = _assess_method(method, members, data, member_bag,
                                                     ensemble_bag, random_curves, spec)
         arrays[f"scores/{method}"] = scores.astype(np.float32)
-    unit = _unit_test(members, dataset, spec, member_bag, ensemble_bag) \
+    unit = _unit_test(members, dataset, spec, member_bag, ensemble_bag, device) \
         if dataset.spec.shifted_test else None
     return Assessment(n_members=len(members), criteria=spec.criteria, member_bag=member_bag,
                       ensemble_bag=ensemble_bag, explainers=explainers,
@@ -299,9 +320,10 @@ def assess(members: Sequence[SetModel], dataset: SetDataset, spec: AssessSpec | 
 
 
 def _unit_test(members: Sequence[SetModel], dataset: SetDataset, spec: AssessSpec,
-               member_bag: list[BagMetrics], ensemble_bag: BagMetrics) -> UnitTest:
+               member_bag: list[BagMetrics], ensemble_bag: BagMetrics,
+               device: torch.device) -> UnitTest:
     """Compare the training distribution (val split) with the shifted test split."""
-    val_probs = predict(members, padded_batches(dataset.val, spec.batch_size))
+    val_probs = predict(members, padded_batches(dataset.val, spec.batch_size, device))
     metric = spec.criteria.bag_metric
     val_bag = [BagMetrics.from_dict(bag_metrics(dataset.val.labels, p)) for p in val_probs]
     flags = [unit_test_flag(v.value(metric), t.value(metric))

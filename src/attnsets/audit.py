@@ -35,7 +35,7 @@ from attnsets.metrics import SilentFailureCriteria
 from attnsets.models import POOLINGS, InputInfo, ModelSpec, SetModel, build_model
 from attnsets.models.user import ModelBuilder, ProbeReport, build_member, load_builder, probe_model
 from attnsets.registry import build_dataclass
-from attnsets.run import RunSpec, execute, member_seeds
+from attnsets.run import RunSpec, execute, member_seeds, training_spec
 from attnsets.training import TrainSpec
 
 Progress = Callable[[str], None]
@@ -124,17 +124,6 @@ def _candidate(model_builder: Any) -> _Candidate:
                     "(info, seed) -> nn.Module")
 
 
-def _train_spec(training: TrainSpec | Mapping[str, Any] | None) -> TrainSpec:
-    if training is None:
-        return TrainSpec.from_dict(dict(AUDIT_TRAINING), "training")
-    if isinstance(training, TrainSpec):
-        return training
-    if isinstance(training, Mapping):
-        return TrainSpec.from_dict({**AUDIT_TRAINING, **training}, "training")
-    raise SpecError("training", type(training).__name__, "None, a TrainSpec or a table of "
-                                                         "TrainSpec fields")
-
-
 def _criteria(thresholds: SilentFailureCriteria | Mapping[str, Any] | None
               ) -> SilentFailureCriteria:
     if thresholds is None:
@@ -177,7 +166,7 @@ def audit(model_builder: ModelBuilder | str | ModelSpec, *,
     candidate = _candidate(model_builder)
     entries = resolve_battery(battery)
     replicates = _check_seeds(seeds, members)
-    spec = _train_spec(training)
+    spec = training_spec(training, AUDIT_TRAINING)
     criteria = _criteria(thresholds)
     assess_spec = AssessSpec(explainers=("attention",), criteria=criteria, bootstrap=0,
                              curve_subsets=10, deletion_steps=5)

@@ -200,6 +200,8 @@ def evaluate(
     epochs: int | None = typer.Option(None, help="override training.epochs"),
     seed: int = typer.Option(0, help="first member seed; members use seed, seed+1, ..."),
     as_json: Path | None = typer.Option(None, "--json", help="also write all metrics as JSON here"),
+    device: str | None = typer.Option(None, help='where to train and explain: "auto" (CUDA when '
+                                                 'available, else CPU), "cpu", "cuda", "cuda:N"'),
 ) -> None:
     """Train a model (or ensemble) on a dataset config; print bag metrics, each explainer's
     importance metrics and silent-failure flags."""
@@ -209,6 +211,7 @@ def evaluate(
     try:
         spec = run_spec_from_config(
             load_config(config), members=members, seed=seed, pooling=pooling, epochs=epochs,
+            device=device,
             explainers=explainers.split(",") if explainers else None,
             default_explainers=[m for m in EXPLAINERS.names() if m != "shapley"])
         with console.status(f"training {members} member(s) and explaining") as status:
@@ -236,6 +239,8 @@ def run(
     resume: bool = typer.Option(False, help="finish only the cells missing from --out"),
     executor: str = typer.Option("local", help="local | ray"),
     address: str | None = typer.Option(None, help="Ray cluster address (default: a local instance)"),
+    device: str | None = typer.Option(None, help='override [study] device: "auto" (CUDA when '
+                                                 'available, else CPU), "cpu", "cuda", "cuda:N"'),
 ) -> None:
     """Run a whole study: datasets x models x seeds x grid, stored in OUT/results.sqlite."""
     from attnsets.study.config import load_study
@@ -243,7 +248,7 @@ def run(
     from attnsets.study.store import StoreLockedError
 
     try:
-        study = load_study(config)
+        study = load_study(config, device)
         summary = run_study(study, out, workers=workers, executor=executor, address=address,
                             resume=resume)
     except (SpecError, SpecErrors, StudyExistsError, StoreLockedError) as err:
@@ -346,6 +351,8 @@ def results_page(
 def demo(
     out: Path = typer.Option(Path("out/demo"), "--out", "-o", help="output directory"),
     workers: int = typer.Option(2, min=1, help="parallel worker processes"),
+    device: str | None = typer.Option(None, help='where to train and explain: "auto" (CUDA when '
+                                                 'available, else CPU), "cpu", "cuda", "cuda:N"'),
 ) -> None:
     """The main job on embedded data: run configs/demo.toml (resuming if interrupted), print the
     headline table and write the HTML report."""
@@ -353,7 +360,11 @@ def demo(
     from attnsets.study.config import load_study
     from attnsets.study.runner import run_study
 
-    study = load_study(Path(__file__).resolve().parent / "configs" / "demo.toml")
+    try:
+        study = load_study(Path(__file__).resolve().parent / "configs" / "demo.toml", device)
+    except (SpecError, SpecErrors) as err:
+        _fail(err)
+        return
     summary = run_study(study, out, workers=workers, resume=True)
     _print_run_summary(summary, out)
     _print_headline(out)
@@ -376,6 +387,8 @@ def audit_cmd(
     epochs: int | None = typer.Option(None, help="override the audit's training epochs"),
     out: Path | None = typer.Option(None, "--out", "-o", help="also write the table here "
                                                                "(.csv or .parquet)"),
+    device: str | None = typer.Option(None, help='where to train and explain: "auto" (CUDA when '
+                                                 'available, else CPU), "cpu", "cuda", "cuda:N"'),
 ) -> None:
     """Audit your own model on a battery of datasets with known witnesses: does it learn, does
     its attention find the witnesses, does it fail silently, does it pass the unit tests, does
@@ -392,7 +405,7 @@ def audit_cmd(
         entries = load_battery(battery) if battery else None
         with console.status("auditing") as status:
             result = audit(model, battery=entries, seeds=seed_list, members=members,
-                           training={"epochs": epochs} if epochs is not None else None,
+                           training=_training_overrides(epochs, device),
                            progress=lambda s: status.update(f"audit: {s}"))
         path = result.write(out) if out else None
     except (SpecError, SpecErrors) as err:
@@ -403,6 +416,12 @@ def audit_cmd(
         console.print(f"wrote {path}")
     if not result.passed:
         raise typer.Exit(code=1)
+
+
+def _training_overrides(epochs: int | None, device: str | None) -> dict[str, Any] | None:
+    """Training fields set on the command line (None = the command's defaults)."""
+    table = {k: v for k, v in (("epochs", epochs), ("device", device)) if v is not None}
+    return table or None
 
 
 def _verdict(value: Any) -> str:
@@ -457,6 +476,8 @@ def explain_data(
     method: str = typer.Option("attention", help="explainer"),
     epochs: int | None = typer.Option(None, help="override the training epochs"),
     seed: int = typer.Option(0, min=0, help="split seed and first member seed"),
+    device: str | None = typer.Option(None, help='where to train and explain: "auto" (CUDA when '
+                                                 'available, else CPU), "cpu", "cuda", "cuda:N"'),
 ) -> None:
     """Explain your own bags (no instance labels needed): train an ensemble on a seeded split,
     score every instance, and rate each bag by how much the members agree (label-free)."""
@@ -470,7 +491,7 @@ def explain_data(
         with console.status(f"training {members} members on {len(data)} bags and explaining"):
             result = explain_own_data(
                 data, model=ModelSpec(pooling=pooling, embed_dim=32), members=members,
-                training={"epochs": epochs} if epochs is not None else None, method=method,
+                training=_training_overrides(epochs, device), method=method,
                 seed=seed)
         paths = result.write(out, fmt)
     except (SpecError, SpecErrors) as err:

@@ -28,7 +28,7 @@ from attnsets.errors import SpecError, SpecErrors
 from attnsets.metrics import bag_metrics, combine_probs, per_bag_auroc
 from attnsets.metrics.agreement import agreement, correlation, descending_rank
 from attnsets.models import ModelSpec, SetModel
-from attnsets.run import OutputSpec, RunSpec, execute
+from attnsets.run import OutputSpec, RunSpec, execute, training_spec
 from attnsets.tables import write_table
 from attnsets.training import TrainSpec
 
@@ -62,15 +62,6 @@ class OwnDataResult:
                 write_table(self.bags, directory / f"bags.{fmt}"))
 
 
-def _train_spec(training: TrainSpec | Mapping[str, Any] | None) -> TrainSpec:
-    if training is None or isinstance(training, Mapping):
-        return TrainSpec.from_dict({**OWN_DATA_TRAINING, **dict(training or {})}, "training")
-    if isinstance(training, TrainSpec):
-        return training
-    raise SpecError("training", type(training).__name__, "None, a TrainSpec or a table of "
-                                                         "TrainSpec fields")
-
-
 def explain_own_data(data: OwnBags | SetDataset, *, model: ModelSpec = DEFAULT_MODEL,
                      members: int = 5, training: TrainSpec | Mapping[str, Any] | None = None,
                      method: str = "attention", seed: int = 0,
@@ -100,7 +91,7 @@ def explain_own_data(data: OwnBags | SetDataset, *, model: ModelSpec = DEFAULT_M
     else:
         raise SpecError("data", type(data).__name__, "OwnBags (load_bags / bags_from_arrays) "
                                                      "or a SetDataset")
-    result = execute(RunSpec(None, model, _train_spec(training),
+    result = execute(RunSpec(None, model, training_spec(training, OWN_DATA_TRAINING),
                              tuple(range(seed, seed + members)), assess=None, outputs=outputs),
                      dataset)
     instance_frames, bag_frames = [], []

@@ -149,6 +149,23 @@ class RunResult:
     outputs: dict[str, SplitOutputs] = field(default_factory=dict)
 
 
+def training_spec(training: TrainSpec | Mapping[str, Any] | None,
+                  defaults: Mapping[str, Any]) -> TrainSpec:
+    """A TrainSpec from None (the defaults), a table of overrides of the defaults, or a
+    TrainSpec as it is; its device must exist on this machine (SpecError ``training.device``)."""
+    from attnsets.device import resolve_device
+
+    if training is None or isinstance(training, Mapping):
+        spec = TrainSpec.from_dict({**defaults, **dict(training or {})}, "training")
+    elif isinstance(training, TrainSpec):
+        spec = training
+    else:
+        raise SpecError("training", type(training).__name__,
+                        "None, a TrainSpec or a table of TrainSpec fields")
+    resolve_device(spec.device, "training.device")
+    return spec
+
+
 def train_members(model: ModelSpec | ModelBuilder, dataset: SetDataset, training: TrainSpec,
                   seeds: Sequence[int], progress: Progress | None = None
                   ) -> tuple[list[SetModel], TrainingSummary]:
@@ -205,7 +222,10 @@ def split_outputs(members: Sequence[SetModel], dataset: SetDataset, split_name: 
                   outputs: OutputSpec) -> SplitOutputs:
     """Probabilities and scores of every member for a whole split, padded to its largest bag;
     each bag explained for its own label."""
-    batches = padded_batches(dataset.splits[split_name], outputs.batch_size)
+    from attnsets.device import device_of
+
+    batches = padded_batches(dataset.splits[split_name], outputs.batch_size,
+                             device_of(members[0]))
     mask = np.concatenate([b.mask.cpu().numpy() for b in batches])
     return SplitOutputs(predict(members, batches), explain_members(
         members, batches, outputs.method, outputs.options, outputs.seed), mask)
@@ -313,7 +333,8 @@ def run_spec_from_config(raw: Mapping[str, Any], *, members: int = 5, seed: int 
                          **overrides: Any) -> RunSpec:
     """A RunSpec from a single-run config (every problem raised at once as SpecErrors, each
     with its path in the file). Members use seeds seed .. seed + members - 1 and the assessment
-    seed `seed`. overrides: ``pooling``, ``epochs`` or ``explainers`` (None = keep the file's)."""
+    seed `seed`. overrides: ``pooling``, ``epochs``, ``device`` (training; the assessment runs
+    where the members are) or ``explainers`` (None = keep the file's)."""
     from attnsets.errors import SpecErrors
     from attnsets.metrics import SilentFailureCriteria
     from attnsets.registry import build_dataclass
@@ -332,8 +353,9 @@ def run_spec_from_config(raw: Mapping[str, Any], *, members: int = 5, seed: int 
     model_table = {"pooling": "attention", **tables["model"]}
     if overrides.get("pooling"):
         model_table["pooling"] = overrides["pooling"]
-    if overrides.get("epochs") is not None:
-        tables["training"]["epochs"] = overrides["epochs"]
+    for key in ("epochs", "device"):
+        if overrides.get(key) is not None:
+            tables["training"][key] = overrides[key]
     assess_table = dict(tables["assess"])
     if overrides.get("explainers"):
         assess_table["explainers"] = tuple(overrides["explainers"])
@@ -355,6 +377,10 @@ def run_spec_from_config(raw: Mapping[str, Any], *, members: int = 5, seed: int 
     if model is not None:
         errors.extend(e.with_prefix("model") for e in model.check())
     training = collect("training", lambda: TrainSpec.from_dict(tables["training"], ""))
+    if training is not None:
+        from attnsets.device import resolve_device
+
+        collect("training", lambda: resolve_device(training.device, "device"))
     criteria = collect("thresholds", lambda: build_dataclass(
         SilentFailureCriteria, tables["thresholds"], ""))
     assessment = collect("assess", lambda: AssessSpec.from_dict(

@@ -10,6 +10,7 @@ from attnsets.study.store import CellRecord
 
 def evaluate_cell(cell: Cell) -> CellRecord:
     """The default cell function of `run_study` (runs in a worker process)."""
+    from attnsets.device import device_of
     from attnsets.run import execute
 
     started = time.time()
@@ -18,4 +19,5 @@ def evaluate_cell(cell: Cell) -> CellRecord:
     metrics = {**result.assessment.to_dict(), "training": result.training.to_dict()}
     return CellRecord(cell_id=cell.cell_id, study=cell.study, status="done", spec=cell.to_dict(),
                       metrics=metrics, seeds=list(cell.seeds), config_hash=cell.config_hash,
-                      started=started, finished=time.time(), arrays=result.assessment.arrays)
+                      started=started, finished=time.time(), arrays=result.assessment.arrays,
+                      versions={"device": str(device_of(result.members[0]))})

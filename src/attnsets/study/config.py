@@ -38,6 +38,9 @@ class StudySection(BaseModel):
     combine: str = "mean_normalised"
     bootstrap: int = Field(default=200, ge=0)
     curve_subsets: int = Field(default=50, ge=1)
+    #: Where every cell trains and is assessed (attnsets.device). Not part of a cell's identity:
+    #: a study run on the CPU resumes on a GPU and the other way round.
+    device: str = "auto"
 
 
 class ThresholdSection(BaseModel):
@@ -251,6 +254,7 @@ def _typed_variant(file: _Sections, variant: str, config_hash: str
     data each model meets; the cells when nothing is wrong."""
     from attnsets.assess import AssessSpec
     from attnsets.data import DatasetSpec
+    from attnsets.device import resolve_device
     from attnsets.metrics import SilentFailureCriteria
     from attnsets.models import ModelSpec
     from attnsets.registry import build_dataclass
@@ -271,8 +275,15 @@ def _typed_variant(file: _Sections, variant: str, config_hash: str
             assess_table, "", criteria or SilentFailureCriteria()))
     if assess_spec is not None and study is not None:
         errors += [e.with_prefix("study") for e in assess_spec.check_members(study.members)]
+    if study is not None:
+        _collect(errors, "study", lambda: resolve_device(study.device, "device"))
+    if file.training is not None and "device" in file.training:
+        errors.append(SpecError("training.device", file.training["device"],
+                                "no device here: set [study] device, which is not part of a "
+                                "cell's identity (so runs on the CPU and a GPU resume each other)"))
     training = None if file.training is None else _collect(
-        errors, "training", lambda: TrainSpec.from_dict(file.training, ""))
+        errors, "training", lambda: TrainSpec.from_dict(
+            {**file.training, "device": study.device if study is not None else "auto"}, ""))
     datasets = [_collect(errors, f"datasets[{i}]", lambda e=entry: DatasetSpec.from_dict(
         {k: v for k, v in e.items() if k != "name"})) for i, entry in enumerate(file.datasets)]
     models = [_collect(errors, f"models[{i}]", lambda e=entry: build_dataclass(
@@ -387,7 +398,11 @@ def study_cells(config: StudyConfig) -> list[Cell]:
     return list(config.cells)
 
 
-def load_study(path: str | Path) -> StudyConfig:
+def load_study(path: str | Path, device: str | None = None) -> StudyConfig:
+    """Read and validate a study file; `device` (e.g. from ``--device``) replaces [study] device."""
     from attnsets.data.spec import load_config
 
-    return validate_config(load_config(path))
+    raw = load_config(path)
+    if device is not None and isinstance(raw, dict) and isinstance(raw.get("study"), dict):
+        raw = {**raw, "study": {**raw["study"], "device": device}}
+    return validate_config(raw)

@@ -48,6 +48,24 @@ def guarded(run_cell: CellFn, cell: Any, threads: int) -> CellRecord:
         return failed_record(cell, error, started)
 
 
+def gpu_plan(device: str, workers: int, visible_gpus: int) -> tuple[int, list[int] | None]:
+    """(workers, the GPU of each worker or None). A study on "auto" or "cuda" with G visible GPUs
+    runs at most G local workers, worker i pinned to GPU i (CUDA_VISIBLE_DEVICES), so cells
+    never share a GPU; "cuda:N" and the CPU leave the workers as asked, unpinned."""
+    if device in ("auto", "cuda") and visible_gpus > 0:
+        count = min(workers, visible_gpus)
+        return count, list(range(count))
+    return workers, None
+
+
+def _worker_start(gpus: Any) -> None:
+    """Worker initializer: die with the driver; take a GPU of its own when the study has them."""
+    if gpus is not None:
+        # Before this worker's first CUDA call: torch is imported only when a cell runs.
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
+    die_with_parent()
+
+
 def die_with_parent() -> None:
     """Worker initializer (Linux): the kernel sends this worker SIGTERM when the driver dies,
     even by kill -9, so no orphan keeps computing a cell nobody will store."""
@@ -65,16 +83,22 @@ def die_with_parent() -> None:
 
 
 def run_cells(cells: Sequence[Any], run_cell: CellFn, *, workers: int = 1,
-              executor: str = "local", address: str | None = None) -> Iterator[CellRecord]:
-    """Yield one record per cell, in completion order."""
+              executor: str = "local", address: str | None = None,
+              device: str = "cpu") -> Iterator[CellRecord]:
+    """Yield one record per cell, in completion order. device: the study's device string (for
+    the GPU plan of local workers and Ray's GPU requests)."""
     if executor not in EXECUTORS:
         raise SpecError("executor", executor, f"one of {list(EXECUTORS)}")
     if not isinstance(workers, int) or workers < 1:
         raise SpecError("workers", workers, "an integer >= 1")
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    cuda = _uses_cuda(device)
     if executor == "ray":
-        yield from _run_ray(cells, run_cell, workers, threads, address)
-    elif workers == 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        yield from _run_ray(cells, run_cell, workers, threads, address, cuda)
+        return
+    workers, gpus = gpu_plan(device, workers, _visible_gpus() if cuda else 0)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    if workers == 1:
         import torch
 
         caller_threads = torch.get_num_threads()
@@ -84,11 +108,23 @@ def run_cells(cells: Sequence[Any], run_cell: CellFn, *, workers: int = 1,
         finally:  # in-process cells must not leave the caller's thread setting changed
             torch.set_num_threads(caller_threads)
     else:
-        yield from _run_pool(cells, run_cell, workers, threads)
+        yield from _run_pool(cells, run_cell, workers, threads, gpus)
 
 
-def _run_pool(cells: Sequence[Any], run_cell: CellFn, workers: int, threads: int
-              ) -> Iterator[CellRecord]:
+def _uses_cuda(device: str) -> bool:
+    from attnsets.device import resolve_device
+
+    return resolve_device(device, "study.device").type == "cuda"
+
+
+def _visible_gpus() -> int:
+    import torch
+
+    return int(torch.cuda.device_count())
+
+
+def _run_pool(cells: Sequence[Any], run_cell: CellFn, workers: int, threads: int,
+              gpus: list[int] | None = None) -> Iterator[CellRecord]:
     """Local worker processes with at most `workers` cells in flight. A worker killed by the OS
     (e.g. out of memory) breaks the pool; only the cells in flight then are suspects: the others
     go on in a fresh pool, and each suspect is rerun alone at the end (with the machine to
@@ -96,11 +132,11 @@ def _run_pool(cells: Sequence[Any], run_cell: CellFn, workers: int, threads: int
     queue = deque(cells)
     suspects: deque[Any] = deque()
     while queue:
-        yield from _pool_pass(queue, suspects, run_cell, workers, threads)
+        yield from _pool_pass(queue, suspects, run_cell, workers, threads, gpus)
     for cell in suspects:
         alone: deque[Any] = deque([cell])
         again: deque[Any] = deque()
-        yield from _pool_pass(alone, again, run_cell, 1, threads)
+        yield from _pool_pass(alone, again, run_cell, 1, threads, gpus[:1] if gpus else None)
         for culprit in again:
             reason = RuntimeError("the worker process running this cell died, also when it ran "
                                   "alone (killed by the OS, e.g. out of memory?)")
@@ -108,12 +144,17 @@ def _run_pool(cells: Sequence[Any], run_cell: CellFn, workers: int, threads: int
 
 
 def _pool_pass(queue: deque[Any], suspects: deque[Any], run_cell: CellFn, workers: int,
-               threads: int) -> Iterator[CellRecord]:
+               threads: int, gpus: list[int] | None = None) -> Iterator[CellRecord]:
     """Run cells from `queue` until it is empty or the pool breaks; cells in flight when it
-    breaks are appended to `suspects`."""
+    breaks are appended to `suspects`. gpus: one GPU index per worker, or None."""
     context = multiprocessing.get_context("spawn")  # fork + torch threads can deadlock
-    with futures.ProcessPoolExecutor(workers, mp_context=context,
-                                     initializer=die_with_parent) as pool:
+    gpu_queue = None
+    if gpus:
+        gpu_queue = context.Queue()
+        for index in gpus:
+            gpu_queue.put(index)
+    with futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start,
+                                     initargs=(gpu_queue,)) as pool:
         running: dict[futures.Future[CellRecord], Any] = {}
         while queue or running:
             while queue and len(running) < workers:
@@ -136,7 +177,7 @@ def _pool_pass(queue: deque[Any], suspects: deque[Any], run_cell: CellFn, worker
 
 
 def _run_ray(cells: Sequence[Any], run_cell: CellFn, workers: int, threads: int,
-             address: str | None) -> Iterator[CellRecord]:
+             address: str | None, cuda: bool = False) -> Iterator[CellRecord]:
     try:
         import ray
     except ModuleNotFoundError:
@@ -152,6 +193,8 @@ def _run_ray(cells: Sequence[Any], run_cell: CellFn, workers: int, threads: int,
 
     plugins = os.environ.get(PLUGINS_ENV, "")
     options: dict[str, Any] = {"num_cpus": 1}
+    if cuda:  # each cell takes a whole GPU; Ray sets CUDA_VISIBLE_DEVICES for the task
+        options["num_gpus"] = 1
     if plugins:  # Ray workers do not inherit the driver's environment
         options["runtime_env"] = {"env_vars": {PLUGINS_ENV: plugins}}
     remote = ray.remote(**options)(guarded)

@@ -112,7 +112,7 @@ def run_study(config: StudyConfig, out: str | Path, *, workers: int = 1, executo
                                      remaining=len(todo))
             labels = {c.cell_id: cell_label(c) for c in todo}
             for record in run_cells(todo, run_cell, workers=workers, executor=executor,
-                                    address=address):
+                                    address=address, device=config.file.study.device):
                 record.versions = {**stamp, **record.versions}
                 record.config_hash = config.config_hash
                 store.write(record)
