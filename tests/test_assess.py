@@ -152,3 +152,30 @@ def test_aopc_shares_one_random_reference_and_matches_deletion_curves(dataset) -
             assert got.aopc == pytest.approx(float(expected["aopc"]), abs=1e-6)
             assert got.aopc_relative == pytest.approx(float(expected["aopc_relative"]),
                                                          abs=1e-6, nan_ok=True)
+
+
+def test_every_class_scoring_matches_the_hand_computation(dataset) -> None:  # type: ignore[no-untyped-def]
+    """Binary presence: class 0's evidence is class 1's negated. Attention does not depend on
+    the class explained, so for each positive bag with AUROC a against its witnesses, the
+    class-1 pair scores a (positive side only) and the class-0 pair scores AUROC(-s) = 1 - a on
+    its -1 instances (negative side only): AUROC-2 over all (bag, class) pairs is exactly 0.5,
+    whatever the model, and the plain AUROC (defined on class-1 pairs only) equals the label's."""
+    from attnsets.assessment import Assessment
+
+    for sign in (1.0, -1.0):
+        result = assess([handcrafted(dataset, sign)], dataset, AssessSpec(
+            explainers=("attention",), bootstrap=0, evaluated_classes="all"))
+        attention = result.explainers["attention"]
+        every = attention.all_classes
+        assert every is not None and every.n_classes == 2
+        positives = int((dataset.test.labels == 1).sum())
+        assert every.mean["auroc2_n_eligible"] == 2 * positives
+        assert every.mean["auroc2"] == pytest.approx(0.5, abs=1e-12)
+        assert every.mean["auroc"] == pytest.approx(attention.mean("auroc"), abs=1e-12)
+        stored = Assessment.from_dict(json.loads(json.dumps(result.to_dict())))
+        assert stored.explainers["attention"].all_classes == every
+        assert "attention.all_classes_auroc" in result.headline()
+    label_only = assess([handcrafted(dataset, 1.0)], dataset,
+                        AssessSpec(explainers=("attention",), bootstrap=0))
+    assert label_only.explainers["attention"].all_classes is None
+    assert "all_classes" not in label_only.to_dict()

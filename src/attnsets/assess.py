@@ -21,6 +21,7 @@ from attnsets.assessment import (
     Aopc,
     Assessment,
     BagMetrics,
+    ClassScores,
     CurvePoint,
     ExplainerAssessment,
     MetricTable,
@@ -47,6 +48,9 @@ from attnsets.metrics import (
 )
 from attnsets.models.base import SetModel
 
+#: Which classes each bag is explained for: its label only, or every class as well.
+EVALUATED_CLASSES = ("label", "all")
+
 
 def _int_at_least(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
@@ -62,7 +66,11 @@ class AssessSpec:
     member's index, not an option. combine: how member explanations are combined
     (mean_normalised | mean_rank | median). ensemble_sizes: K values of the ensemble-size
     curve (default 1..M). bootstrap: resamples of each importance CI (0 = none). device: where
-    to run the members (a device string, see attnsets.device; None = where they are)."""
+    to run the members (a device string, see attnsets.device; None = where they are).
+    evaluated_classes: "label" scores each bag's explanation for its own label (the headline
+    numbers); "all" also explains every bag for every class against that class's signed
+    evidence and scores all (bag, class) pairs together, as xMIL and MILLI do
+    (`ExplainerAssessment.all_classes`)."""
 
     explainers: tuple[str, ...] = ("attention", "random")
     explainer_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -75,6 +83,7 @@ class AssessSpec:
     batch_size: int = 128
     seed: int = 0
     device: str | None = None
+    evaluated_classes: str = "label"
 
     def __post_init__(self) -> None:
         from attnsets.explain import EXPLAINERS
@@ -121,6 +130,9 @@ class AssessSpec:
         _int_at_least("seed", self.seed, 0)
         if self.device is not None:
             check_device_string(self.device, "device")
+        if self.evaluated_classes not in EVALUATED_CLASSES:
+            raise SpecError("evaluated_classes", self.evaluated_classes,
+                            f"one of {list(EVALUATED_CLASSES)}")
 
     def check_members(self, n_members: int) -> list[SpecError]:
         """Problems of this spec for an ensemble of `n_members` (sizes larger than it)."""
@@ -144,13 +156,14 @@ class AssessSpec:
         return build_dataclass(AssessSpec, table, path)  # type: ignore[no-any-return]
 
 
-def padded_batches(split: BagSplit, batch_size: int, device: torch.device | None = None
-                   ) -> list[Batch]:
+def padded_batches(split: BagSplit, batch_size: int, device: torch.device | None = None,
+                   target: int | None = None) -> list[Batch]:
     """The split in order as batches of `batch_size` bags, all padded to the split's largest bag
-    so that their (B, N) outputs concatenate; on `device` (default cpu)."""
+    so that their (B, N) outputs concatenate; on `device` (default cpu). target: the class the
+    explanations and evidence refer to (None = each bag's label)."""
     width = int(split.sizes.max())
     batches = [collate([split[i] for i in range(start, min(start + batch_size, len(split)))],
-                       pad_to=width) for start in range(0, len(split), batch_size)]
+                       target=target, pad_to=width) for start in range(0, len(split), batch_size)]
     if device is None or device.type == "cpu":
         return batches
     return [b.pin_memory().to(device, non_blocking=True) for b in batches]
@@ -241,6 +254,14 @@ class _TestData:
     mask: np.ndarray
     evidence: np.ndarray
     correct: np.ndarray  # (K, B) bool
+    split: BagSplit
+    batch_size: int
+    device: torch.device
+    n_classes: int
+
+    def for_class(self, target: int) -> list[Batch]:
+        """The test split collated for class `target` (scores and evidence refer to it)."""
+        return padded_batches(self.split, self.batch_size, self.device, target)
 
 
 def _assess_method(method: str, members: Sequence[SetModel], data: _TestData,
@@ -277,8 +298,29 @@ def _assess_method(method: str, members: Sequence[SetModel], data: _TestData,
         method=method, members=reports, silent=silent, misleading_rate=misleading, aopc=aopcs,
         member_mean=mean, ensemble=ensemble,
         ensemble_silent=is_silent_failure(ensemble_bag.to_dict(), ensemble, criteria)[0],
-        curve=curve)
+        curve=curve,
+        all_classes=_all_classes(method, members, data, spec)
+        if spec.evaluated_classes == "all" else None)
     return result, scores
+
+
+def _all_classes(method: str, members: Sequence[SetModel], data: _TestData, spec: AssessSpec
+                 ) -> ClassScores:
+    """Every bag explained for every class c against c's signed evidence; the importance
+    metrics over all (bag, class) pairs, per member and their mean."""
+    scores, evidence, mask = [], [], []
+    for c in range(data.n_classes):
+        batches = data.for_class(c)
+        scores.append(explain_members(members, batches, method, spec.options_for(method),
+                                      spec.seed))
+        evidence.append(torch.cat([b.evidence for b in batches]).cpu().numpy())
+        mask.append(torch.cat([b.mask for b in batches]).cpu().numpy())
+    pairs_scores = np.concatenate(scores, axis=1)  # (K, C * B, N)
+    pairs_evidence, pairs_mask = np.concatenate(evidence), np.concatenate(mask)
+    reports = [_table(importance_report(s, pairs_evidence, pairs_mask, n_boot=spec.bootstrap,
+                                        seed=spec.seed)) for s in pairs_scores]
+    return ClassScores(data.n_classes, reports,
+                       {k: nanmean([r[k] for r in reports]) for k in reports[0]})
 
 
 def assess(members: Sequence[SetModel], dataset: SetDataset, spec: AssessSpec | None = None
@@ -300,7 +342,8 @@ def assess(members: Sequence[SetModel], dataset: SetDataset, spec: AssessSpec | 
     probs = predict(members, batches)  # (K, B, C)
     member_bag = [BagMetrics.from_dict(bag_metrics(labels, p)) for p in probs]
     ensemble_bag = BagMetrics.from_dict(bag_metrics(labels, combine_probs(probs)))
-    data = _TestData(batches, labels, mask, evidence, probs.argmax(-1) == labels[None, :])
+    data = _TestData(batches, labels, mask, evidence, probs.argmax(-1) == labels[None, :],
+                     dataset.test, spec.batch_size, device, probs.shape[-1])
     arrays: dict[str, np.ndarray] = {
         "mask": mask, "evidence": evidence.astype(np.int8), "labels": labels,
         "probs": probs.astype(np.float32),

@@ -134,6 +134,26 @@ class CurvePoint:
 
 
 @dataclass(frozen=True)
+class ClassScores:
+    """Explanations for every class (``evaluated_classes = "all"``): each bag explained for each
+    of the `n_classes` classes against that class's signed evidence, the importance metrics
+    computed over all (bag, class) pairs: per member (`members`) and their mean (`mean`)."""
+
+    n_classes: int
+    members: list[MetricTable]
+    mean: MetricTable
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n_classes": self.n_classes, "members": [dict(m) for m in self.members],
+                "member_mean": dict(self.mean)}
+
+    @staticmethod
+    def from_dict(data: Mapping[str, Any]) -> ClassScores:
+        return ClassScores(int(data["n_classes"]), [_floats(m) for m in data.get("members", [])],
+                           _floats(data.get("member_mean", {})))
+
+
+@dataclass(frozen=True)
 class ExplainerAssessment:
     """One explainer over K members.
 
@@ -141,7 +161,8 @@ class ExplainerAssessment:
     member_mean: the members' mean of each importance metric plus silent_rate,
     misleading_rate, aopc and aopc_relative; ensemble: the importance metrics of the combined
     scores; ensemble_silent: the ensemble fails silently; curve: the ensemble-size curve
-    (empty for a single member)."""
+    (empty for a single member); all_classes: the scores for every class (None unless the
+    assessment asked for ``evaluated_classes = "all"``)."""
 
     method: str
     members: list[MetricTable]
@@ -152,6 +173,7 @@ class ExplainerAssessment:
     ensemble: MetricTable
     ensemble_silent: bool
     curve: list[CurvePoint] = field(default_factory=list)
+    all_classes: ClassScores | None = None
 
     @property
     def silent_rate(self) -> float:
@@ -230,6 +252,8 @@ class Assessment:
             out[f"{method}.ensemble_{key}"] = result.ensemble_value(key)
             out[f"{method}.ensemble_gain"] = result.ensemble_value(key) - result.mean(key)
             out[f"{method}.ensemble_silent"] = float(result.ensemble_silent)
+            if result.all_classes is not None:
+                out[f"{method}.all_classes_{key}"] = result.all_classes.mean.get(key, math.nan)
         if self.unit_test is not None:
             out["unit_test_flagged_rate"] = self.unit_test.flagged_rate
         return out
@@ -258,6 +282,10 @@ class Assessment:
         }
         if self.unit_test is not None:
             out["unit_test"] = self.unit_test.to_dict()
+        every_class = {r.method: r.all_classes.to_dict() for r in methods
+                       if r.all_classes is not None}
+        if every_class:  # absent otherwise, as in stores written before it existed
+            out["all_classes"] = every_class
         out["headline"] = self.headline()
         return out
 
@@ -281,7 +309,9 @@ class Assessment:
                 aopc=[Aopc.from_dict(a) for a in members.get("aopc", {}).get(method, [])],
                 member_mean=_floats(member_mean.get(method, {})), ensemble=_floats(ens),
                 ensemble_silent=silent,
-                curve=[CurvePoint.from_dict(p) for p in data.get("curve", {}).get(method, [])])
+                curve=[CurvePoint.from_dict(p) for p in data.get("curve", {}).get(method, [])],
+                all_classes=ClassScores.from_dict(data["all_classes"][method])
+                if method in data.get("all_classes", {}) else None)
         unit = data.get("unit_test")
         return Assessment(
             n_members=int(data.get("n_members", len(members.get("bag", [])))),

@@ -36,6 +36,7 @@ class StudySection(BaseModel):
     explainers: list[str] = Field(default=["attention", "random"], min_length=1)
     explainer_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     combine: str = "mean_normalised"
+    evaluated_classes: str = "label"
     bootstrap: int = Field(default=200, ge=0)
     curve_subsets: int = Field(default=50, ge=1)
     #: Where every cell trains and is assessed (attnsets.device). Not part of a cell's identity:
@@ -85,6 +86,7 @@ class Cell:
     config_hash: str
     cell_id: str = field(default="")
     explainer_options: dict[str, Any] = field(default_factory=dict)
+    evaluated_classes: str = "label"
     #: The typed run this cell executes, built when the config was validated (not stored: the
     #: fields above are the cell's identity and its record in the store).
     run: RunSpec | None = field(default=None, compare=False, repr=False)
@@ -103,8 +105,11 @@ class Cell:
             "combine": self.combine, "bootstrap": self.bootstrap,
             "curve_subsets": self.curve_subsets, "thresholds": self.thresholds,
         }
-        if self.explainer_options:  # absent when empty: ids of earlier cells stay the same
+        # Absent at their defaults, so the ids of cells written before they existed stay the same.
+        if self.explainer_options:
             data["explainer_options"] = self.explainer_options
+        if self.evaluated_classes != "label":
+            data["evaluated_classes"] = self.evaluated_classes
         if with_id:  # the id depends on what the cell computes, not on the rest of the file
             data["cell_id"] = self.cell_id
             data["config_hash"] = self.config_hash
@@ -269,6 +274,7 @@ def _typed_variant(file: _Sections, variant: str, config_hash: str
     if study is not None:
         assess_table = {"explainers": study.explainers,
                         "explainer_options": study.explainer_options, "combine": study.combine,
+                        "evaluated_classes": study.evaluated_classes,
                         "ensemble_sizes": study.ensemble_sizes,
                         "curve_subsets": study.curve_subsets, "bootstrap": study.bootstrap}
         assess_spec = _collect(errors, "study", lambda: AssessSpec.from_dict(
@@ -330,6 +336,7 @@ def _typed_variant(file: _Sections, variant: str, config_hash: str
                     combine=study.combine, bootstrap=study.bootstrap,
                     curve_subsets=study.curve_subsets, thresholds=file.thresholds.model_dump(),
                     config_hash=config_hash, explainer_options=dict(study.explainer_options),
+                    evaluated_classes=study.evaluated_classes,
                     run=run))
     return cells, errors
 
