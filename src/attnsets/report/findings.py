@@ -28,7 +28,8 @@ def member_frame(study: StudyView) -> pd.DataFrame:
     frame["learned"] = frame["bag_score"] >= frame["min_bag_score"]
     frame["reflects"] = (frame["importance"] > frame["max_importance"]).where(
         frame["importance"].notna())
-    extra = {"auprc2": [], "auroc2": [], "bag_auroc": []}
+    extra: dict[str, list[float]] = {"auprc2": [], "auroc2": [], "bag_auroc": [],
+                                     "auprc2_all_classes": []}
     for cell_id, member, method in zip(frame["cell_id"], frame["member"], frame["explainer"],
                                        strict=True):
         assessment = cells[cell_id].assessment
@@ -37,6 +38,9 @@ def member_frame(study: StudyView) -> pd.DataFrame:
         extra["auprc2"].append(_num(report.get("auprc2")))
         extra["auroc2"].append(_num(report.get("auroc2")))
         extra["bag_auroc"].append(bags[member].auroc if member < len(bags) else math.nan)
+        every = assessment.explainers[method].all_classes  # scored for every class, if asked
+        extra["auprc2_all_classes"].append(
+            _num(every.members[member].get("auprc2")) if every is not None else math.nan)
     for key, column in extra.items():
         frame[key] = column
     return frame
@@ -74,7 +78,8 @@ def explanation_quality(members: pd.DataFrame, by: str, method: str = "attention
     def make(part: pd.DataFrame) -> dict[str, Any]:
         learned = part[part["learned"]]
         out: dict[str, Any] = {"cells": part["cell_id"].nunique(), "members": len(part),
-                               "learned": int(part["learned"].sum())}
+                               "learned": int(part["learned"].sum()),
+                               "learned_share": float(part["learned"].mean())}
         out.update(_estimate_columns("auroc", cluster_bootstrap(part["importance"],
                                                                 part["cell_id"])))
         out.update(_estimate_columns("reflects", cluster_bootstrap(part["reflects"],
@@ -295,18 +300,30 @@ def _spearman_ci(part: pd.DataFrame, signal: str, by_cell: bool, n_boot: int = 4
 # --------------------------------------------------------------------------- pos-neg (xMIL)
 
 
-def pos_neg_check(members: pd.DataFrame, model: str = "attention",
+def pos_neg_check(members: pd.DataFrame, study: StudyView | None = None,
+                  model: str = "attention",
                   methods: tuple[str, ...] = ("attention", "integrated_gradients", "random")
                   ) -> pd.DataFrame:
     """xMIL's Pos-Neg silent failure, on our pos_neg datasets: bag AUROC of `model` and the
-    AUPRC-2 of each of `methods` (CI over cells)."""
+    AUPRC-2 of each of `methods` (CI over cells). Like xMIL, AUPRC-2 is taken over every class
+    where the cells scored every class (``evaluated_classes = "all"``), else over each bag's
+    label (column `classes`); `construction` names the rule's construction ("xmil" reproduces
+    xMIL's sampling, "attnsets" is ours)."""
     rows = members[(members["rule"] == "pos_neg") & (members["model"] == model)
                    & members["explainer"].isin(methods)]
+    constructions = {c.cell_id: str(c.spec.get("dataset", {}).get("rule", {}).get(
+        "construction", "attnsets")) for c in study.done} if study is not None else {}
     records = []
     for (dataset, method), part in rows.groupby(["dataset", "explainer"], sort=False):
-        estimate = cluster_bootstrap(part["auprc2"], part["cell_id"])
+        every = part["auprc2_all_classes"].notna().all() if "auprc2_all_classes" in part \
+            else False
+        column = "auprc2_all_classes" if every else "auprc2"
+        estimate = cluster_bootstrap(part[column], part["cell_id"])
         bag = cluster_bootstrap(part["bag_auroc"], part["cell_id"])
+        kinds = sorted({constructions.get(c, "attnsets") for c in part["cell_id"]})
         records.append({"dataset": dataset, "explainer": method, "members": len(part),
+                        "construction": "/".join(kinds),
+                        "classes": "all" if every else "label",
                         "bag_auroc": bag.value, **_estimate_columns("auprc2", estimate)})
     return pd.DataFrame(records)
 
