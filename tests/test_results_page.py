@@ -26,13 +26,14 @@ from attnsets.report.findings import (
 from attnsets.report.results_page import write_results_page
 from attnsets.study.config import validate_config
 from attnsets.study.runner import run_study
+from attnsets.study.store import ResultsStore
 
 SMALL_BAGS = {"kind": "normal", "mean": 8, "sd": 1, "min": 5}
 SPLITS = {"train": 32, "val": 16, "test": 16}
 RAW = {
     "study": {"name": "page-test", "seeds": [0, 1], "members": 3,
               "explainers": ["attention", "integrated_gradients", "random"], "bootstrap": 10,
-              "curve_subsets": 4},
+              "curve_subsets": 4, "mixed_ensembles": {"attention+gated": ["attention", "gated"]}},
     "training": {"epochs": 3, "batch_size": 16},
     "thresholds": {"min_bag_score": 0.5, "max_importance": 0.7},
     "datasets": [
@@ -46,7 +47,8 @@ RAW = {
          "bags": SPLITS},
     ],
     "models": [{"name": "attention", "pooling": "attention", "embed_dim": 8},
-               {"name": "mean", "pooling": "mean", "embed_dim": 8}],
+               {"name": "mean", "pooling": "mean", "embed_dim": 8},
+               {"name": "gated", "pooling": "gated_attention", "embed_dim": 8}],
 }
 
 
@@ -54,7 +56,7 @@ RAW = {
 def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("page_study")
     summary = run_study(validate_config(RAW), out, workers=1, show_progress=False)
-    assert summary.done == 8 and summary.failed == 0, summary.failures
+    assert summary.done == 12 and summary.failed == 0, summary.failures
     return out
 
 
@@ -106,11 +108,11 @@ def test_quality_table_matches_the_member_rows(study_dir: Path) -> None:
     study = load_study(study_dir)
     members = member_frame(study)
     attention = members[members["explainer"] == "attention"]
-    assert set(attention["model"]) == {"attention"}  # mean pooling has no attention weights
+    assert set(attention["model"]) == {"attention", "gated"}  # mean pooling has no attention
     table = explanation_quality(members, "rule")
     for _, row in table.iterrows():
         part = attention[attention["rule"] == row["rule"]]
-        assert row["members"] == len(part) == 2 * 3
+        assert row["members"] == len(part) == 2 * 2 * 3  # models x replicates x members
         assert row["auroc"] == pytest.approx(part["importance"].mean())
         assert row["reflects"] == pytest.approx((part["importance"] > 0.7).mean())
         assert row["silent"] == pytest.approx(part["silent"].mean())
@@ -122,7 +124,7 @@ def test_agreement_truth_is_the_stored_ensemble_auroc(study_dir: Path) -> None:
     assess stored for the same cell (both combine members by mean_normalised)."""
     study = load_study(study_dir)
     bags = agreement_frame(study)
-    assert set(bags["model"]) == {"attention"}
+    assert set(bags["model"]) == {"attention", "gated"}
     for cell in study.cells(model="attention"):
         part = bags[bags["cell_id"] == cell.cell_id]
         stored = cell.assessment.explainers["attention"].ensemble_value("auroc")
@@ -134,12 +136,13 @@ def test_agreement_truth_is_the_stored_ensemble_auroc(study_dir: Path) -> None:
 def test_ensembling_and_unit_test_tables(study_dir: Path) -> None:
     study = load_study(study_dir)
     table = ensembling(study)
-    assert list(table["model"]) == ["attention", "all"]
+    assert list(table["model"]) == ["attention", "gated", "all"]
     row = table.iloc[0]
     assert row["cells"] == 4 and row["k_max"] == 3
     assert row["auroc_gain"] == pytest.approx(row["auroc_ensemble"] - row["auroc_single"])
     units = unit_tests(study)
-    assert set(units["rule"]) == {"poison"} and set(units["model"]) == {"attention", "mean"}
+    assert set(units["rule"]) == {"poison"}
+    assert set(units["model"]) == {"attention", "mean", "gated"}
     flags = [f.flagged for c in study.cells("vectors-poison", "mean")
              if c.assessment.unit_test is not None for f in c.assessment.unit_test.members]
     assert units.set_index("model").loc["mean", "flagged"] == pytest.approx(np.mean(flags))
@@ -233,3 +236,28 @@ def test_a_claim_whose_precondition_fails_is_inconclusive() -> None:
     far = claims_table(empty, empty, empty, pos_neg(0.97, 0.60, 0.42), members)
     assert far["verdict"].iloc[0] == "disagree"  # 31% of the room above random
     assert above_random(0.45, 0.42) == pytest.approx(0.03 / 0.58)
+
+
+def test_mixed_ensembles_combine_members_of_different_models(study_dir: Path) -> None:
+    from attnsets.metrics import combine_scores, importance_report
+    from attnsets.report.findings import mixed_ensembles
+
+    study = load_study(study_dir)
+    frame = mixed_ensembles(study)
+    assert len(frame) == 4  # 2 datasets x 2 replicates
+    assert (frame["members"] == 6).all() and set(frame["best_homogeneous"]) <= {"attention",
+                                                                                 "gated"}
+    # one row by hand: the six members' mean-normalised scores against the stored evidence
+    row = frame.iloc[0]
+    store = ResultsStore(study_dir)
+    cells = [c for c in study.done if c.dataset == row["dataset"]
+             and c.replicate == row["replicate"] and c.model in ("attention", "gated")]
+    arrays = [store.arrays(c.cell_id) for c in sorted(cells, key=lambda c: c.model)]
+    store.close()
+    scores = np.concatenate([a["scores/attention"] for a in arrays])
+    mask = arrays[0]["mask"].astype(bool)
+    expected = importance_report(combine_scores(scores, mask), arrays[0]["evidence"], mask,
+                                 n_boot=0)["auroc"]
+    assert row["auroc_mixed"] == pytest.approx(expected)
+    assert row["gain_vs_best"] == pytest.approx(row["auroc_mixed"]
+                                                - row["auroc_best_homogeneous"])

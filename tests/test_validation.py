@@ -74,6 +74,8 @@ BAD: list[tuple[str, Edit, str, str]] = [
     ("options of an explainer not chosen",
      lambda raw: raw["study"].update(explainer_options={"shapley": {"n_samples": 3}}),
      "study.explainer_options.shapley", "chosen explainer"),
+    ("study.mixed_ensembles", _set("study", mixed_ensembles={"both": ["att", "gated"]}),
+     "study.mixed_ensembles.both", "model names"),
     ("thresholds.bag_metric", _set("thresholds", bag_metric="acc"), "thresholds.bag_metric",
      "balanced_accuracy"),
     ("thresholds.importance_metric", _set("thresholds", importance_metric="aucroc"),

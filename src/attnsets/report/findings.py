@@ -212,6 +212,78 @@ def unit_tests(study: StudyView, order: list[str] | None = None) -> pd.DataFrame
     return pd.concat(tables, ignore_index=True)
 
 
+# --------------------------------------------------------------------------- mixed ensembles
+
+
+def mixed_ensembles(study: StudyView, method: str = "attention") -> pd.DataFrame:
+    """Heterogeneous ensembles of `[study] mixed_ensembles` ({name: [model names]}), scored from
+    the stored member scores: for each dataset x replicate where every listed model has `method`
+    scores on the same test bags, all their members are combined (the study's combine rule) and
+    the importance AUROC of the combination is compared with the members' mean and with the best
+    of the listed models' own (homogeneous) ensembles. One row per group x dataset x replicate."""
+    from attnsets.metrics import combine_scores, importance_report
+    from attnsets.study.store import ResultsStore
+
+    groups = study.config.get("study", {}).get("mixed_ensembles", {})
+    if not groups:
+        return pd.DataFrame()
+    by_key = {(c.dataset, c.replicate, c.model): c for c in study.done if method in c.methods}
+    records = []
+    store = ResultsStore(study.directory)
+    try:
+        for group, models in groups.items():
+            for dataset, replicate in dict.fromkeys((d, r) for d, r, _ in by_key):
+                found = [by_key.get((dataset, replicate, m)) for m in models]
+                cells = [c for c in found if c is not None]
+                if len(cells) < len(found):
+                    continue
+                arrays = [store.arrays(c.cell_id) for c in cells]
+                if any(a["evidence"].shape != arrays[0]["evidence"].shape
+                       or not np.array_equal(a["evidence"], arrays[0]["evidence"])
+                       for a in arrays):
+                    continue  # not the same test bags
+                scores = np.concatenate([a[f"scores/{method}"] for a in arrays])  # (K, B, N)
+                mask = arrays[0]["mask"].astype(bool)
+                rule = str(cells[0].spec.get("combine", "mean_normalised"))
+                mixed = importance_report(combine_scores(scores, mask, rule),
+                                          arrays[0]["evidence"], mask, n_boot=0)["auroc"]
+                own = [c.assessment.explainers[method] for c in cells]
+                homogeneous = np.array([r.ensemble_value("auroc") for r in own])
+                best = int(np.argmax(np.nan_to_num(homogeneous, nan=-1.0)))
+                records.append({
+                    "ensemble": group, "models": "+".join(models), "dataset": dataset,
+                    "replicate": replicate, "cell_id": f"{dataset}/{replicate}",
+                    "members": int(scores.shape[0]),
+                    "auroc_members": float(np.nanmean([v["auroc"] for r in own
+                                                       for v in r.members])),
+                    "auroc_best_homogeneous": float(homogeneous[best]),
+                    "best_homogeneous": cells[best].model, "auroc_mixed": float(mixed)})
+    finally:
+        store.close()
+    frame = pd.DataFrame(records)
+    if not frame.empty:
+        frame["gain_vs_members"] = frame["auroc_mixed"] - frame["auroc_members"]
+        frame["gain_vs_best"] = frame["auroc_mixed"] - frame["auroc_best_homogeneous"]
+    return frame
+
+
+def mixed_ensemble_summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per mixed ensemble: mean AUROCs and gains with cluster-bootstrap CIs over (dataset,
+    replicate) clusters."""
+    if frame.empty:
+        return frame
+
+    def make(part: pd.DataFrame) -> dict[str, Any]:
+        out: dict[str, Any] = {"models": part["models"].iloc[0], "datasets": len(part)}
+        for column in ("auroc_members", "auroc_best_homogeneous", "auroc_mixed",
+                       "gain_vs_members", "gain_vs_best"):
+            out.update(_estimate_columns(column, cluster_bootstrap(part[column],
+                                                                   part["cell_id"])))
+        return out
+
+    return _rows(frame, "ensemble", None, make)
+
+
 # --------------------------------------------------------------------------- agreement
 
 

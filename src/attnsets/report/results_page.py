@@ -25,6 +25,8 @@ from attnsets.report.findings import (
     explainer_comparison,
     explanation_quality,
     member_frame,
+    mixed_ensemble_summary,
+    mixed_ensembles,
     pos_neg_check,
     silent_cells,
     unit_tests,
@@ -283,6 +285,34 @@ def glance(members: pd.DataFrame, quality_all: pd.DataFrame, silent: pd.DataFram
 # --------------------------------------------------------------------------- the page
 
 
+def _section_helps_or_hurts(ensemble: pd.DataFrame, mixed: pd.DataFrame) -> list[str]:
+    """When ensembling helps and when it hurts: models whose gain CI lies above / below 0, and
+    the heterogeneous ensembles of `[study] mixed_ensembles`."""
+    lines = ["### When does ensembling help, and when does it hurt?", ""]
+    per_model = ensemble[ensemble["model"] != "all"] if not ensemble.empty else ensemble
+    if not per_model.empty:
+        helps = per_model.loc[per_model["auroc_gain_ci_low"] > 0, "model"].tolist()
+        hurts = per_model.loc[per_model["auroc_gain_ci_high"] < 0, "model"].tolist()
+        lines += [f"Averaging members of one model raises the importance AUROC (gain CI above 0) "
+                  f"for {', '.join(helps) or 'no model'} and lowers it (CI below 0) for "
+                  f"{', '.join(hurts) or 'no model'}. Averaging removes the noise members do not "
+                  "share; members that share a bias (the same wrong instances ranked first) are "
+                  "not fixed by it, and their consensus is as wrong as each of them.", ""]
+    if mixed.empty:
+        lines += ["No heterogeneous ensembles in this study (`[study] mixed_ensembles = "
+                  "{name = [models]}` combines members of different poolings).", ""]
+        return lines
+    lines += ["Heterogeneous ensembles (`[study] mixed_ensembles`): all members of the listed "
+              "models combined on the same test bags, against the members' mean and the best "
+              "of the models' own ensembles (CIs over dataset x replicate).", "",
+              to_markdown(_with_ci(mixed, {"auroc_members": "members", "auroc_best_homogeneous":
+                                           "best homogeneous", "auroc_mixed": "mixed",
+                                           "gain_vs_members": "gain vs members",
+                                           "gain_vs_best": "gain vs best"},
+                                   ["ensemble", "models", "datasets"], ())).rstrip(), ""]
+    return lines
+
+
 def _section_quality(study: StudyView, members: pd.DataFrame) -> tuple[list[str], dict[str, pd.DataFrame]]:
     tables: dict[str, pd.DataFrame] = {}
     lines = ["## 1. How often does attention reflect the witnesses?", "",
@@ -390,6 +420,7 @@ def _render(study: StudyView, staging: Path, assets_name: str, command: str,
     quality_lines, tables = _section_quality(study, members)
     silent = silent_cells(study)
     ensemble = ensembling(study, order=study.models)
+    mixed = mixed_ensemble_summary(mixed_ensembles(study))
     comparison = explainer_comparison(members, order=study.explainers)
     units = unit_tests(study, order=study.models)
     pos_neg = pos_neg_check(members, study)
@@ -397,7 +428,7 @@ def _render(study: StudyView, staging: Path, assets_name: str, command: str,
     bags = agreement_frame(study)
     correlations = agreement_correlations(bags) if not bags.empty else pd.DataFrame()
     claims = claims_table(tables["quality_all"], ensemble, units, pos_neg, members)
-    tables.update({"silent_cells": silent, "ensembling": ensemble,
+    tables.update({"silent_cells": silent, "ensembling": ensemble, "mixed_ensembles": mixed,
                    "explainer_comparison": comparison, "unit_tests": units, "pos_neg": pos_neg,
                    "agreement_correlations": correlations, "claims": claims})
     for name, frame in tables.items():
@@ -461,6 +492,7 @@ def _render(study: StudyView, staging: Path, assets_name: str, command: str,
             ("p_fail_single", "p_fail_ensemble", "p_fail_reduction", "silent_single",
              "silent_ensemble"))).rstrip(), ""]
     lines += fig("ensemble_size", "Ensemble-size curves")
+    lines += _section_helps_or_hurts(ensemble, mixed)
     lines += ["## 4. How do the other explainers compare with attention?", "",
               "Per explainer over every member it ran on (all models); the paired columns use "
               "only members of models with attention weights and compare on the same member.", ""]

@@ -39,6 +39,9 @@ class StudySection(BaseModel):
     evaluated_classes: str = "label"
     bootstrap: int = Field(default=200, ge=0)
     curve_subsets: int = Field(default=50, ge=1)
+    #: Heterogeneous ensembles scored by the results page from the stored member scores:
+    #: {name: [model names]}, e.g. {"attention+gated" = ["attention", "gated_attention"]}.
+    mixed_ensembles: dict[str, list[str]] = Field(default_factory=dict)
     #: Where every cell trains and is assessed (attnsets.device). Not part of a cell's identity:
     #: a study run on the CPU resumes on a GPU and the other way round.
     device: str = "auto"
@@ -378,11 +381,25 @@ def validate_config(raw: dict[str, Any]) -> StudyConfig:
         # A problem the file has without the grid is reported once, without a grid point.
         new = [e for e in variant_errors + more if str(e) not in seen]
         errors += _at_grid_point(new, variant)
+    if file is not None:
+        errors += _mixed_ensemble_errors(file)
     unique: dict[str, SpecError] = {str(e): e for e in errors}
     if unique:
         raise SpecErrors(unique.values())
     assert file is not None
     return StudyConfig(raw, file, digest, cells)
+
+
+def _mixed_ensemble_errors(file: StudyFile) -> list[SpecError]:
+    names = [str(m.get("name")) for m in file.models]
+    errors = []
+    for group, members in file.study.mixed_ensembles.items():
+        where = f"study.mixed_ensembles.{group}"
+        if len(set(members)) < 2:
+            errors.append(SpecError(where, members, "at least two different model names"))
+        errors += [SpecError(where, name, f"model names of [[models]] {names}")
+                   for name in members if name not in names]
+    return errors
 
 
 def expand_grid(raw: dict[str, Any], grid: dict[str, list[Any]]) -> list[tuple[dict[str, Any], str]]:
