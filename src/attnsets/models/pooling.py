@@ -8,7 +8,9 @@ Poolings with diagnostic outputs also define the perturbation fast path (see
 `SetModel.head(..., need_maps=False)`): ``forward_logits(h, mask) -> (B, C)``, equal to
 ``forward(h, mask).logits`` without building attention norms or maps, and
 ``intermediate_floats(n) -> int``, the size in floats of the largest intermediate tensor one bag
-of width n allocates in it, which perturbation passes use to size their chunks.
+of width n allocates in it, which perturbation passes use to size their chunks. The class
+attribute ``permutation_invariant = True`` (every pooling here) allows those passes to evaluate a
+sub-bag at its own width, its instances moved to the front of a narrower batch.
 The transformer poolings live in `attnsets.models.set_transformer`.
 """
 
@@ -43,6 +45,8 @@ def _init_uniform(tensor: torch.Tensor, fan_in: int) -> torch.Tensor:
 class MeanPooling(nn.Module):
     """Baseline: z = mean of the real h_i; logits = W z. No attention."""
 
+    permutation_invariant = True
+
     def __init__(self, in_dim: int, n_classes: int) -> None:
         super().__init__()
         self.classifier = nn.Linear(in_dim, n_classes)
@@ -56,6 +60,8 @@ class MeanPooling(nn.Module):
 @POOLINGS.register("max")
 class MaxPooling(nn.Module):
     """Baseline: z = feature-wise max over the real h_i; logits = W z. No attention."""
+
+    permutation_invariant = True
 
     def __init__(self, in_dim: int, n_classes: int) -> None:
         super().__init__()
@@ -110,6 +116,8 @@ class SoftmaxAttentionPooling(nn.Module):
 class AttentionPooling(SoftmaxAttentionPooling):
     """Ilse et al. 2018: a_i = softmax_i(w^T tanh(V h_i)); z = sum_i a_i h_i; logits = W z."""
 
+    permutation_invariant = True
+
     def __init__(self, in_dim: int, n_classes: int, attention_dim: int = 64) -> None:
         super().__init__()
         attention_dim = require_int("attention_dim", attention_dim)
@@ -124,6 +132,8 @@ class AttentionPooling(SoftmaxAttentionPooling):
 @POOLINGS.register("gated_attention")
 class GatedAttentionPooling(SoftmaxAttentionPooling):
     """Ilse et al. 2018, gated: a_i = softmax_i(w^T (tanh(V h_i) * sigmoid(U h_i)))."""
+
+    permutation_invariant = True
 
     def __init__(self, in_dim: int, n_classes: int, attention_dim: int = 64) -> None:
         super().__init__()
@@ -144,6 +154,8 @@ class MultiHeadAttentionPooling(nn.Module):
     learned query q_k, a_k = softmax_i(s_k), z_k = sum_i a_ki (P_k h_i); logits = W [z_1..z_H].
 
     head_attention: (B, H, N), each head a distribution over the real instances."""
+
+    permutation_invariant = True
 
     def __init__(self, in_dim: int, n_classes: int, heads: int = 4, attention_dim: int = 32,
                  head_dim: int | None = None) -> None:
@@ -209,6 +221,8 @@ class AdditivePooling(nn.Module):
     b add up to the logits: instance_scores (B, N, C) is an exact decomposition.
     attention_norm uses ||c_i|| = a_i ||p(h_i)||, the vector that is summed."""
 
+    permutation_invariant = True
+
     def __init__(self, in_dim: int, n_classes: int, attention_dim: int = 64,
                  hidden: int = 32) -> None:
         super().__init__()
@@ -248,6 +262,8 @@ class AdditivePooling(nn.Module):
 class InstanceMaxPooling(nn.Module):
     """mi-Net: per-instance class scores s_i = p(h_i); logits = max over real instances of s_i
     (per class). instance_scores: (B, N, C), 0 at padding. No attention."""
+
+    permutation_invariant = True
 
     def __init__(self, in_dim: int, n_classes: int, hidden: int = 0) -> None:
         super().__init__()

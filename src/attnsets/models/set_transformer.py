@@ -173,6 +173,8 @@ class SetTransformerPooling(nn.Module):
     (B, H, N+1, N+1) with row 0 = [0, seed attention] and identity for the instances, which
     PMA does not change."""
 
+    permutation_invariant = True
+
     def __init__(self, in_dim: int, n_classes: int, heads: int = 4, inducing: int = 8,
                  layers: int = 2, head_dim: int | None = None, ff_dim: int | None = None,
                  layer_norm: bool = True) -> None:
@@ -264,6 +266,8 @@ class TransformerClsPooling(nn.Module):
     attention: (B, N) the class token's attention to the instances in the last layer, mean over
     heads. It is not renormalised: it sums to 1 minus the class token's attention to itself.
     layer_attention: every layer's (B, H, N+1, N+1) map, token 0 the class token."""
+
+    permutation_invariant = True
 
     def __init__(self, in_dim: int, n_classes: int, heads: int = 4, layers: int = 2,
                  head_dim: int | None = None, ff_dim: int | None = None) -> None:
