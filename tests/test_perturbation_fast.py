@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import math
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -54,7 +55,10 @@ def bags() -> list[Bag]:
 
 def model_for(pooling: str) -> SetModel:
     # sharper weights than the default init, so that sub-bags really differ
-    model = build_model(ModelSpec(pooling=pooling, embed_dim=8), INFO, seed=1).eval()
+    name, _, layers = pooling.partition(":")  # "transformer_cls:1": a one-layer variant
+    params = {"layers": int(layers)} if layers else {}
+    model = build_model(ModelSpec(pooling=name, embed_dim=8, pooling_params=params), INFO,
+                        seed=1).eval()
     with torch.no_grad():
         for parameter in model.pooling.parameters():
             parameter.mul_(2.0)
@@ -88,16 +92,22 @@ class WidthSpy:
 
     def __init__(self, model: SetModel) -> None:
         self.shapes: list[tuple[int, int]] = []
-        forward_logits = model.pooling.forward_logits
+        # an instance attribute shadows the method
+        model.pooling.forward_logits = self._spy(model.pooling.forward_logits)
 
+    def _spy(self, forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+             ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         def spy(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             self.shapes.append((h.shape[0], h.shape[1]))
-            return forward_logits(h, mask)
+            return forward(h, mask)
 
-        model.pooling.forward_logits = spy  # instance attribute shadows the method
+        return spy
 
 
 POOLING_NAMES = POOLINGS.names()
+#: Every pooling, plus the one- and three-layer transformer_cls (its fast path treats the last
+#: layer specially).
+VARIANTS = [*POOLING_NAMES, "transformer_cls:1", "transformer_cls:3"]
 
 
 @pytest.mark.parametrize("pooling", POOLING_NAMES)
@@ -117,7 +127,7 @@ def test_logits_only_head_equals_full_forward(pooling: str) -> None:
     assert model.pooling.permutation_invariant
 
 
-@pytest.mark.parametrize("pooling", POOLING_NAMES)
+@pytest.mark.parametrize("pooling", VARIANTS)
 def test_leave_one_out_and_single_match_plain_loop(pooling: str, bags: list[Bag]) -> None:
     model = model_for(pooling)
     batch = collate(bags)
@@ -135,7 +145,7 @@ def test_leave_one_out_and_single_match_plain_loop(pooling: str, bags: list[Bag]
             assert bool((loo[b, n:] == 0).all()) and bool((single[b, n:] == 0).all())
 
 
-@pytest.mark.parametrize("pooling", POOLING_NAMES)
+@pytest.mark.parametrize("pooling", VARIANTS)
 def test_every_path_matches_the_previous_implementation(pooling: str, bags: list[Bag]) -> None:
     model = model_for(pooling)
     batch = collate(bags)
