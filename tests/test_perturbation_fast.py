@@ -158,7 +158,7 @@ def test_every_path_matches_the_previous_implementation(pooling: str, bags: list
                                    reference.single(model, batch), **close)
         torch.testing.assert_close(
             explain(model, batch, "shapley", n_samples=6, seed=2, antithetic=False,
-                    output="logit", memory_mb=memory_mb),
+                    sampler="permutation", output="logit", memory_mb=memory_mb),
             reference.shapley(model, batch, n_samples=6, seed=2, output="logit"), **close)
         small = collate([bags[0], bags[1], bags[3]])  # padded width 5: the old exact enumerates it
         torch.testing.assert_close(explain(model, small, "shapley", exact=True,
@@ -303,7 +303,9 @@ def test_antithetic_permutations_are_reversed_pairs() -> None:
     assert not torch.equal(keys[4], 1 - keys[3])  # an odd count leaves the last one unpaired
 
 
-def test_antithetic_sampling_is_closer_to_exact_than_plain(bags: list[Bag]) -> None:
+@pytest.mark.parametrize("sampler", ["permutation", "coalition"])
+def test_antithetic_sampling_is_closer_to_exact_than_plain(sampler: str,
+                                                           bags: list[Bag]) -> None:
     # same number of head evaluations; the error of the paired estimator is smaller on average
     model = model_for("attention")
     batch = collate([bags[0], bags[2]])
@@ -311,14 +313,38 @@ def test_antithetic_sampling_is_closer_to_exact_than_plain(bags: list[Bag]) -> N
     errors = {}
     for antithetic in (False, True):
         errors[antithetic] = np.mean([
-            (explain(model, batch, "shapley", n_samples=8, seed=seed, antithetic=antithetic)
-             - exact).abs().sum().item() for seed in range(20)])
+            (explain(model, batch, "shapley", n_samples=8, seed=seed, antithetic=antithetic,
+                     sampler=sampler) - exact).abs().sum().item() for seed in range(20)])
     assert errors[True] < errors[False]
+
+
+def test_coalition_sampler_is_unbiased_efficient_and_beats_permutations(bags: list[Bag]) -> None:
+    model = model_for("gated_attention")
+    batch = collate([bags[0], bags[2], bags[1]])  # sizes 5, 7 and a single instance
+    exact = explain(model, batch, "shapley", exact=True)
+    many = explain(model, batch, "shapley", n_samples=3000, seed=1, sampler="coalition")
+    torch.testing.assert_close(many, exact, atol=5e-3, rtol=0)
+    gaps = [value(model, bag, list(range(len(bag)))) - value(model, bag, [])
+            for bag in (bags[0], bags[2], bags[1])]
+    errors = {}
+    for sampler in ("permutation", "coalition"):
+        runs = [explain(model, batch, "shapley", n_samples=10, seed=seed, sampler=sampler)
+                for seed in range(10)]
+        for run in runs:
+            np.testing.assert_allclose(run.sum(1).numpy(), gaps, atol=ATOL)
+        errors[sampler] = np.mean([(run - exact).abs().sum().item() for run in runs])
+    assert errors["coalition"] < errors["permutation"]
+    # padding does not change a bag's samples: alone or in the batch, the same values
+    alone = explain(model, collate([bags[2]]), "shapley", n_samples=9, seed=3)
+    torch.testing.assert_close(explain(model, batch, "shapley", n_samples=9, seed=3)[1],
+                               alone[0], atol=1e-6, rtol=0)
 
 
 def test_shapley_rejects_bad_options(bags: list[Bag]) -> None:
     model = model_for("attention")
     batch: Batch = collate(bags)
+    with pytest.raises(SpecError, match="sampler"):
+        explain(model, batch, "shapley", sampler="kernel")
     with pytest.raises(SpecError, match="antithetic"):
         explain(model, batch, "shapley", antithetic=1)
     with pytest.raises(SpecError, match="n_samples"):

@@ -53,10 +53,9 @@ MAX_EXACT_INSTANCES = 14
 #: With the default budget (n_samples=None, exact=None) bags of at most this many real
 #: instances get exact Shapley values: 2^10 = 1,024 sub-bags, fewer than sampling would cost.
 AUTO_EXACT_INSTANCES = 10
-#: Default number of permutations of sampled Shapley (antithetic pairs: each permutation is
-#: followed by its reverse). Chosen by benchmarks/bench_shapley.py: the smallest budget whose
-#: Spearman correlation with exact values is >= 0.95 on trained models (docs/explainers.md).
-DEFAULT_PERMUTATIONS = 100
+#: Default number of samples of sampled Shapley (coalitions or permutations, n_b + 1 sub-bags
+#: each). Chosen by benchmarks/bench_shapley.py on trained models (docs/explainers.md).
+DEFAULT_SAMPLES = 100
 
 
 def check_output(output: str) -> str:
@@ -242,6 +241,70 @@ def sampled_shapley(context: ExplainContext, n_samples: int, seed: int, output: 
     return (after - before).mean(dim=1)
 
 
+def coalition_shapley(context: ExplainContext, n_samples: int, seed: int, output: str,
+                      max_batch: int | None, memory_mb: float | None = None,
+                      antithetic: bool = True, bags: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+    """Shared-coalition sampling: draw coalitions T and give every instance i its marginal at T,
+    f(T + i) - f(T) if i is not in T, else f(T) - f(T - i); phi_i = the mean over coalitions.
+
+    With |T| uniform on 0..n_b and T uniform given its size, instance i's marginal is at a
+    coalition of size s uniform on 0..n_b-1 and uniform given s (s = |T| if i is out of T,
+    |T| - 1 if in): exactly the distribution of a permutation's marginal, so the estimate is
+    unbiased at the same cost (n_b + 1 sub-bags per coalition). But all instances are measured
+    against the same coalitions, so the noise that decides ranks largely cancels (e.g. whether a
+    coalition already holds a witness is shared by every instance). Sizes are spread
+    systematically over 0..n_b (one seeded offset) and, with antithetic, each coalition is
+    followed by its complement. A final equal shift of all phi_i makes the estimate exactly
+    efficient (sum = f(bag) - f(empty)) without changing ranks. bags: (B,) bool, the bags to
+    score (None: all); others get 0."""
+    mask = context.mask
+    n_bags, n = mask.shape
+    device = mask.device
+    keys = permutation_keys(n, n_samples, seed, antithetic).to(device)
+    keys = torch.where(mask[:, None, :], keys[None], torch.full_like(keys[None], math.inf))
+    rank = keys.argsort(dim=-1, stable=True).argsort(dim=-1)  # (B, S, N)
+    sizes = mask.sum(dim=1)
+    # systematic sizes: grid point j of K covers [j/K, (j+1)/K) of the uniform size law
+    grid = math.ceil(n_samples / 2) if antithetic else n_samples
+    offset = float(np.random.default_rng([seed, 1]).random())
+    points = (torch.arange(grid, device=device, dtype=torch.float64) + offset) / grid
+    drawn = (points[None, :] * (sizes[:, None] + 1)).floor().long()  # (B, K) in 0..n_b
+    if antithetic:
+        # reversed keys order the complement first: its first n_b - t instances = bag minus T
+        coalition_sizes = torch.empty(n_bags, n_samples, dtype=torch.int64, device=device)
+        coalition_sizes[:, 0::2] = drawn
+        coalition_sizes[:, 1::2] = sizes[:, None] - drawn[:, :n_samples // 2]
+    else:
+        coalition_sizes = drawn
+    members = (rank < coalition_sizes[..., None]) & mask[:, None, :]  # (B, S, N)
+    positions = torch.arange(n, device=device)
+    base_variants = n_samples * (n + 1)  # then the full bag, then the empty bag
+
+    def coalition(bag: torch.Tensor, variant: torch.Tensor) -> torch.Tensor:
+        # variant = sample * (n + 1) + j: T_sample (j = 0) or T_sample with instance j-1 flipped
+        sample, j = (variant // (n + 1)).clamp(max=n_samples - 1), variant % (n + 1)
+        flipped = members[bag, sample] ^ (positions[None, :] == (j - 1)[:, None])
+        full = (variant == base_variants)[:, None]
+        empty = (variant > base_variants)[:, None]
+        return torch.where(full, mask[bag], flipped & mask[bag] & ~empty)
+
+    chosen = torch.ones_like(sizes, dtype=torch.bool) if bags is None else bags
+    flips = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)  # (B, 1 + N)
+    needed = torch.cat([flips[:, None, :].expand(n_bags, n_samples, n + 1).reshape(n_bags, -1),
+                        torch.ones(n_bags, 2, dtype=torch.bool, device=device)], dim=1)
+    values = subset_values(context, base_variants + 2, coalition, needed & chosen[:, None],
+                           output, max_batch, memory_mb).double()
+    full_value, empty_value = values[:, -2], values[:, -1]
+    at = values[:, :base_variants].reshape(n_bags, n_samples, n + 1)
+    base, flipped = at[:, :, :1], at[:, :, 1:]
+    gains = torch.where(members, base - flipped, flipped - base)  # (B, S, N)
+    phi = torch.where(mask, gains.mean(dim=1), torch.zeros_like(gains[:, 0]))
+    shift = (full_value - empty_value - phi.sum(dim=1)) / sizes.clamp(min=1)
+    phi = phi + shift[:, None]
+    return torch.where(mask & chosen[:, None], phi, torch.zeros_like(phi)).float()
+
+
 #: Elements of the (bags, 2^n, n) gain tensor combined at once by exact Shapley.
 EXACT_COMBINE_ELEMENTS = 1 << 22
 
@@ -295,22 +358,27 @@ def exact_shapley(context: ExplainContext, output: str, max_batch: int | None,
     return torch.where(mask & chosen[:, None], scores, torch.zeros_like(scores))
 
 
+SAMPLERS = {"coalition": coalition_shapley, "permutation": sampled_shapley}
+
+
 @register_explainer("shapley",
                     description="Shapley values of instance presence (removal through the mask); "
-                                "exact enumeration on small bags, antithetic permutation "
-                                "sampling otherwise.")
+                                "exact enumeration on small bags, shared-coalition sampling "
+                                "otherwise.")
 def shapley_scores(context: ExplainContext, n_samples: int | None = None, seed: int = 0,
                    exact: bool | None = None, output: str = "prob",
                    max_batch: int | None = None, antithetic: bool = True,
-                   memory_mb: float | None = None) -> torch.Tensor:
+                   sampler: str = "coalition", memory_mb: float | None = None
+                   ) -> torch.Tensor:
     """(B, N) Shapley value of each instance for the game S -> f(S) (f(empty) is the model on an
     empty bag).
 
     exact=None with n_samples=None (the defaults): exact values for bags of at most
-    AUTO_EXACT_INSTANCES real instances, DEFAULT_PERMUTATIONS sampled permutations for larger
-    ones. exact=True: exact for every bag (at most MAX_EXACT_INSTANCES instances). exact=False,
-    or an explicit n_samples: sampling for every bag. Sampling costs n_samples * (n_b + 1) head
-    evaluations per bag; exact costs 2^(n_b).
+    AUTO_EXACT_INSTANCES real instances, DEFAULT_SAMPLES samples for larger ones. exact=True:
+    exact for every bag (at most MAX_EXACT_INSTANCES instances). exact=False, or an explicit
+    n_samples: sampling for every bag. sampler: "coalition" (shared coalitions, see
+    coalition_shapley) or "permutation" (sampled_shapley); a sample costs n_b + 1 head
+    evaluations either way; exact costs 2^(n_b).
     """
     check_output(output)
     if n_samples is not None:
@@ -321,6 +389,8 @@ def shapley_scores(context: ExplainContext, n_samples: int | None = None, seed: 
         raise SpecError("exact", exact, "None (exact on small bags), true or false")
     if not isinstance(antithetic, bool):
         raise SpecError("antithetic", antithetic, "true or false")
+    if sampler not in SAMPLERS:
+        raise SpecError("sampler", sampler, f"one of {sorted(SAMPLERS)}")
     if exact:
         return exact_shapley(context, output, max_batch, memory_mb)
     sizes = context.mask.sum(dim=1)
@@ -330,7 +400,7 @@ def shapley_scores(context: ExplainContext, n_samples: int | None = None, seed: 
     if bool(small.any()):
         scores = exact_shapley(context, output, max_batch, memory_mb, bags=small)
     if not bool(small.all()):
-        sampled = sampled_shapley(context, n_samples or DEFAULT_PERMUTATIONS, int(seed), output,
-                                  max_batch, memory_mb, antithetic, bags=~small)
+        sampled = SAMPLERS[sampler](context, n_samples or DEFAULT_SAMPLES, int(seed), output,
+                                    max_batch, memory_mb, antithetic, bags=~small)
         scores = torch.where(small[:, None], scores, sampled)
     return scores
