@@ -334,6 +334,11 @@ def test_coalition_sampler_is_unbiased_efficient_and_beats_permutations(bags: li
             np.testing.assert_allclose(run.sum(1).numpy(), gaps, atol=ATOL)
         errors[sampler] = np.mean([(run - exact).abs().sum().item() for run in runs])
     assert errors["coalition"] < errors["permutation"]
+    # the outer strata are exact, so bags of 1 or 2 instances (no middle stratum) are exact
+    rng = np.random.default_rng(5)
+    tiny = collate([bags[1], make_bag(rng, 2, 1)])
+    torch.testing.assert_close(explain(model, tiny, "shapley", n_samples=3, seed=0),
+                               explain(model, tiny, "shapley", exact=True), atol=ATOL, rtol=0)
     # padding does not change a bag's samples: alone or in the batch, the same values
     alone = explain(model, collate([bags[2]]), "shapley", n_samples=9, seed=3)
     torch.testing.assert_close(explain(model, batch, "shapley", n_samples=9, seed=3)[1],

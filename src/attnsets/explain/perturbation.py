@@ -41,9 +41,11 @@ OUTPUTS = ("prob", "logit")
 #: Default memory budget of one perturbation forward pass, in MiB (option `memory_mb`). Set
 #: ``attnsets.explain.perturbation.MEMORY_MB`` to change it for every call.
 MEMORY_MB = 256.0
-#: Copies of the largest intermediate alive at once in a pass (scores, their softmax, a mask):
-#: the budget is divided by this many times its size.
-LIVE_COPIES = 2
+#: Tensors as large as the largest intermediate alive at once in a pass (a layer's input,
+#: hidden activations, output and residual; scores and their softmax): the budget is divided by
+#: this many times its size. 6 keeps the measured peak of set_transformer's passes (resident
+#: set, allocator slack included) at about the budget (docs/benchmarks.md).
+LIVE_COPIES = 6
 #: Mask elements built at once while counting sub-bag sizes before the passes.
 SIZING_ELEMENTS = 1 << 22
 #: (bag index (M,), variant index (M,)) -> masks (M, N) bool.
@@ -245,19 +247,24 @@ def coalition_shapley(context: ExplainContext, n_samples: int, seed: int, output
                       max_batch: int | None, memory_mb: float | None = None,
                       antithetic: bool = True, bags: torch.Tensor | None = None
                       ) -> torch.Tensor:
-    """Shared-coalition sampling: draw coalitions T and give every instance i its marginal at T,
-    f(T + i) - f(T) if i is not in T, else f(T) - f(T - i); phi_i = the mean over coalitions.
+    """Stratified shared-coalition sampling. phi_i = (1/n) sum over strata s = 0..n-1 of the
+    mean marginal f(S + i) - f(S) over coalitions S of size s without i.
 
-    With |T| uniform on 0..n_b and T uniform given its size, instance i's marginal is at a
-    coalition of size s uniform on 0..n_b-1 and uniform given s (s = |T| if i is out of T,
-    |T| - 1 if in): exactly the distribution of a permutation's marginal, so the estimate is
-    unbiased at the same cost (n_b + 1 sub-bags per coalition). But all instances are measured
-    against the same coalitions, so the noise that decides ranks largely cancels (e.g. whether a
-    coalition already holds a witness is shared by every instance). Sizes are spread
-    systematically over 0..n_b (one seeded offset) and, with antithetic, each coalition is
-    followed by its complement. A final equal shift of all phi_i makes the estimate exactly
-    efficient (sum = f(bag) - f(empty)) without changing ranks. bags: (B,) bool, the bags to
-    score (None: all); others get 0."""
+    * The two outer strata are exact: s = 0 is f({i}) - f(empty), s = n-1 is f(bag) -
+      f(bag - i) (2 n + 2 sub-bags per bag).
+    * The n - 2 middle strata are sampled: coalitions T with |T| in 1..n-1 (systematically
+      spread, one seeded offset; with antithetic each followed by its complement) give every
+      instance its marginal at T: f(T + i) - f(T) if i is not in T, f(T) - f(T - i) if it is.
+      Given that it falls in a middle stratum, an instance's marginal is at a size uniform on
+      1..n-2 and a coalition uniform given its size, so the mean of those marginals is unbiased
+      for the middle strata; the rare samples in an outer stratum are dropped. A coalition costs
+      n_b + 1 sub-bags, like a permutation. All instances are measured against the same
+      coalitions, so the noise that decides their ranks largely cancels (e.g. whether a
+      coalition already holds a witness is shared by every instance).
+    * A final equal shift of all phi_i makes the estimate exactly efficient (sum = f(bag) -
+      f(empty)) without changing ranks.
+
+    bags: (B,) bool, the bags to score (None: all); others get 0."""
     mask = context.mask
     n_bags, n = mask.shape
     device = mask.device
@@ -265,11 +272,11 @@ def coalition_shapley(context: ExplainContext, n_samples: int, seed: int, output
     keys = torch.where(mask[:, None, :], keys[None], torch.full_like(keys[None], math.inf))
     rank = keys.argsort(dim=-1, stable=True).argsort(dim=-1)  # (B, S, N)
     sizes = mask.sum(dim=1)
-    # systematic sizes: grid point j of K covers [j/K, (j+1)/K) of the uniform size law
+    # systematic sizes in 1..n_b-1: grid point j of K covers [j/K, (j+1)/K) of the size law
     grid = math.ceil(n_samples / 2) if antithetic else n_samples
     offset = float(np.random.default_rng([seed, 1]).random())
     points = (torch.arange(grid, device=device, dtype=torch.float64) + offset) / grid
-    drawn = (points[None, :] * (sizes[:, None] + 1)).floor().long()  # (B, K) in 0..n_b
+    drawn = 1 + (points[None, :] * (sizes[:, None] - 1).clamp(min=0)).floor().long()  # (B, K)
     if antithetic:
         # reversed keys order the complement first: its first n_b - t instances = bag minus T
         coalition_sizes = torch.empty(n_bags, n_samples, dtype=torch.int64, device=device)
@@ -279,30 +286,45 @@ def coalition_shapley(context: ExplainContext, n_samples: int, seed: int, output
         coalition_sizes = drawn
     members = (rank < coalition_sizes[..., None]) & mask[:, None, :]  # (B, S, N)
     positions = torch.arange(n, device=device)
-    base_variants = n_samples * (n + 1)  # then the full bag, then the empty bag
+    # variants: n_samples blocks of n + 1 (T, then T with instance j flipped), then n + 1
+    # leave-one-out (full bag, bag - j), then n singles {j}, then the empty bag
+    sampled = n_samples * (n + 1)
+    loo_start, single_start, empty = sampled, sampled + n + 1, sampled + 2 * n + 1
 
-    def coalition(bag: torch.Tensor, variant: torch.Tensor) -> torch.Tensor:
-        # variant = sample * (n + 1) + j: T_sample (j = 0) or T_sample with instance j-1 flipped
+    def sub_bag(bag: torch.Tensor, variant: torch.Tensor) -> torch.Tensor:
         sample, j = (variant // (n + 1)).clamp(max=n_samples - 1), variant % (n + 1)
-        flipped = members[bag, sample] ^ (positions[None, :] == (j - 1)[:, None])
-        full = (variant == base_variants)[:, None]
-        empty = (variant > base_variants)[:, None]
-        return torch.where(full, mask[bag], flipped & mask[bag] & ~empty)
+        flip = positions[None, :] == (j - 1)[:, None]
+        in_sample = (members[bag, sample] ^ flip) & mask[bag]
+        loo = mask[bag] & (positions[None, :] != (variant - loo_start - 1)[:, None])
+        single = positions[None, :] == (variant - single_start)[:, None]
+        out = torch.where((variant < loo_start)[:, None], in_sample, loo)
+        out = torch.where(((variant >= single_start) & (variant < empty))[:, None], single, out)
+        return out & (variant < empty)[:, None]
 
     chosen = torch.ones_like(sizes, dtype=torch.bool) if bags is None else bags
-    flips = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)  # (B, 1 + N)
-    needed = torch.cat([flips[:, None, :].expand(n_bags, n_samples, n + 1).reshape(n_bags, -1),
-                        torch.ones(n_bags, 2, dtype=torch.bool, device=device)], dim=1)
-    values = subset_values(context, base_variants + 2, coalition, needed & chosen[:, None],
-                           output, max_batch, memory_mb).double()
-    full_value, empty_value = values[:, -2], values[:, -1]
-    at = values[:, :base_variants].reshape(n_bags, n_samples, n + 1)
+    with_base = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)  # (B, 1 + N)
+    needed = torch.cat([with_base[:, None, :].expand(n_bags, n_samples, n + 1)
+                        .reshape(n_bags, -1), with_base, mask, torch.ones_like(mask[:, :1])],
+                       dim=1)
+    values = subset_values(context, empty + 1, sub_bag, needed & chosen[:, None], output,
+                           max_batch, memory_mb).double()
+    at = values[:, :sampled].reshape(n_bags, n_samples, n + 1)
+    full, without = values[:, loo_start], values[:, loo_start + 1:single_start]
+    alone, empty_value = values[:, single_start:empty], values[:, empty]
     base, flipped = at[:, :, :1], at[:, :, 1:]
     gains = torch.where(members, base - flipped, flipped - base)  # (B, S, N)
-    phi = torch.where(mask, gains.mean(dim=1), torch.zeros_like(gains[:, 0]))
-    shift = (full_value - empty_value - phi.sum(dim=1)) / sizes.clamp(min=1)
-    phi = phi + shift[:, None]
-    return torch.where(mask & chosen[:, None], phi, torch.zeros_like(phi)).float()
+    stratum = coalition_sizes[..., None] - members.long()  # |coalition without i|
+    middle = (stratum >= 1) & (stratum <= (sizes - 2)[:, None, None]) & mask[:, None, :]
+    count = middle.sum(dim=1)
+    middle_mean = torch.where(middle, gains, torch.zeros_like(gains)).sum(dim=1) \
+        / count.clamp(min=1)
+    n_real = sizes.to(torch.float64)[:, None].clamp(min=1)
+    outer = (alone - empty_value[:, None]) + (full[:, None] - without)
+    outer = torch.where((sizes == 1)[:, None], outer / 2, outer)  # one stratum, counted twice
+    phi = (outer + (n_real - 2).clamp(min=0) * middle_mean) / n_real
+    phi = torch.where(mask, phi, torch.zeros_like(phi))
+    shift = (full - empty_value - phi.sum(dim=1)) / n_real[:, 0]
+    return torch.where(mask & chosen[:, None], phi + shift[:, None], torch.zeros_like(phi)).float()
 
 
 #: Elements of the (bags, 2^n, n) gain tensor combined at once by exact Shapley.
