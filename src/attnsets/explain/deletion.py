@@ -6,6 +6,10 @@ unperturbed bag. Steps that would empty the bag (k >= its size n_b) are NaN, "no
 as attnsets.metrics.faithfulness expects; with include_empty=True step k = n_b holds
 f(empty bag) and only k > n_b is NaN. The AOPC arithmetic lives in attnsets.metrics.faithfulness;
 the random-order curve is its reference.
+
+Sub-bags are evaluated like the perturbation explainers' (attnsets.explain.perturbation): logits
+only, each at its own width (a curve's step k is n_b - k instances wide), in passes sized by
+`memory_mb`.
 """
 
 from __future__ import annotations
@@ -72,7 +76,8 @@ def _check_scores(scores: torch.Tensor | np.ndarray, mask: torch.Tensor) -> torc
 
 
 def curves_for_ranks(context: ExplainContext, rank: torch.Tensor, steps: int, output: str,
-                     include_empty: bool, max_batch: int | None) -> torch.Tensor:
+                     include_empty: bool, max_batch: int | None,
+                     memory_mb: float | None = None) -> torch.Tensor:
     """rank: (B, R, N) removal position of each instance under R orders -> (B, R, steps + 1)."""
     mask = context.mask
     n_bags, n_orders, _ = rank.shape
@@ -87,7 +92,7 @@ def curves_for_ranks(context: ExplainContext, rank: torch.Tensor, steps: int, ou
     last = sizes if include_empty else sizes - 1
     evaluated = (removed[None, :] <= last[:, None])[:, None, :].expand(-1, n_orders, -1)
     values = subset_values(context, n_orders * (steps + 1), kept,
-                           evaluated.reshape(n_bags, -1), output, max_batch)
+                           evaluated.reshape(n_bags, -1), output, max_batch, memory_mb)
     values = values.reshape(n_bags, n_orders, steps + 1)
     return torch.where(evaluated, values, torch.full_like(values, torch.nan))
 
@@ -104,32 +109,37 @@ def ranks_from_keys(keys: torch.Tensor, tie_break: torch.Tensor, mask: torch.Ten
 
 
 def _ranked(context: ExplainContext, scores: torch.Tensor, seed: int, steps: int, output: str,
-            include_empty: bool, max_batch: int | None) -> torch.Tensor:
+            include_empty: bool, max_batch: int | None, memory_mb: float | None
+            ) -> torch.Tensor:
     tie_break = instance_uniforms(context.x, seed)[..., 0]
     rank = ranks_from_keys(-scores[:, None, :], tie_break[:, None, :], context.mask)
-    return curves_for_ranks(context, rank, steps, output, include_empty, max_batch)[:, 0]
+    return curves_for_ranks(context, rank, steps, output, include_empty, max_batch,
+                            memory_mb)[:, 0]
 
 
 def _random(context: ExplainContext, n_orders: int, seed: int, steps: int, output: str,
-            include_empty: bool, max_batch: int | None) -> torch.Tensor:
+            include_empty: bool, max_batch: int | None, memory_mb: float | None
+            ) -> torch.Tensor:
     """(R, B, steps + 1): one curve per random order."""
     # Stream 0 breaks ties of ranked curves; random orders use streams 1..R.
     keys = instance_uniforms(context.x, seed, n_orders + 1)[..., 1:].permute(0, 2, 1)
     positions = torch.arange(keys.shape[-1], dtype=keys.dtype, device=keys.device)
     rank = ranks_from_keys(keys, positions.expand_as(keys), context.mask)
-    curves = curves_for_ranks(context, rank, steps, output, include_empty, max_batch)
+    curves = curves_for_ranks(context, rank, steps, output, include_empty, max_batch, memory_mb)
     return curves.permute(1, 0, 2)
 
 
 def deletion_curve(model: SetModel, batch: Batch, scores: torch.Tensor | np.ndarray,
                    target: Target = None, *, steps: int | None = None, output: str = "prob",
                    include_empty: bool = False, seed: int = 0,
-                   max_batch: int | None = None) -> torch.Tensor:
+                   max_batch: int | None = None, memory_mb: float | None = None
+                   ) -> torch.Tensor:
     """(B, steps + 1) f after removing the k highest-scored instances; NaN where not evaluated.
 
     scores: (B, N). Ties are removed in a seeded random order that depends on the instances
     only. steps: default the padded width N. Cost: one encoding, then about
-    sum_b min(n_b, steps + 1) head evaluations.
+    sum_b min(n_b, steps + 1) head evaluations. max_batch / memory_mb: sub-bags per forward
+    pass / memory budget of one pass (None: attnsets.explain.perturbation.MEMORY_MB).
     """
     check_output(output)
     scores_t = _check_scores(scores, batch.mask)
@@ -137,13 +147,14 @@ def deletion_curve(model: SetModel, batch: Batch, scores: torch.Tensor | np.ndar
     seed = _check_seed(seed)
     with eval_mode(model):
         return _ranked(_context(model, batch, target), scores_t, seed, steps, output,
-                       include_empty, max_batch)
+                       include_empty, max_batch, memory_mb)
 
 
 def random_deletion_curve(model: SetModel, batch: Batch, target: Target = None, *,
                           n_orders: int = 10, seed: int = 0, steps: int | None = None,
                           output: str = "prob", include_empty: bool = False,
-                          average: bool = True, max_batch: int | None = None) -> torch.Tensor:
+                          average: bool = True, max_batch: int | None = None,
+                          memory_mb: float | None = None) -> torch.Tensor:
     """Deletion curves for `n_orders` random removal orders: (B, steps + 1) averaged over the
     orders, or (R, B, steps + 1) with average=False. The orders are seeded hashes of the
     instances, so a bag gets the same curves in any batch. Cost: n_orders ranked curves."""
@@ -153,15 +164,15 @@ def random_deletion_curve(model: SetModel, batch: Batch, target: Target = None, 
     steps = _check_steps(steps, batch.mask.shape[1])
     with eval_mode(model):
         curves = _random(_context(model, batch, target), n_orders, seed, steps, output,
-                         include_empty, max_batch)
+                         include_empty, max_batch, memory_mb)
     return curves.mean(dim=0) if average else curves
 
 
 def deletion_curves(model: SetModel, batch: Batch, scores: torch.Tensor | np.ndarray,
                     target: Target = None, *, n_orders: int = 10, seed: int = 0,
                     steps: int | None = None, output: str = "prob", include_empty: bool = False,
-                    average_random: bool = True, max_batch: int | None = None
-                    ) -> DeletionCurves:
+                    average_random: bool = True, max_batch: int | None = None,
+                    memory_mb: float | None = None) -> DeletionCurves:
     """The ranked curve for `scores` and its random-order reference from one encoding.
     Feed ``ranked`` and ``random`` to attnsets.metrics.faithfulness.aopc."""
     check_output(output)
@@ -171,7 +182,9 @@ def deletion_curves(model: SetModel, batch: Batch, scores: torch.Tensor | np.nda
     steps = _check_steps(steps, batch.mask.shape[1])
     with eval_mode(model):
         context = _context(model, batch, target)
-        ranked = _ranked(context, scores_t, seed, steps, output, include_empty, max_batch)
-        random = _random(context, n_orders, seed, steps, output, include_empty, max_batch)
+        ranked = _ranked(context, scores_t, seed, steps, output, include_empty, max_batch,
+                         memory_mb)
+        random = _random(context, n_orders, seed, steps, output, include_empty, max_batch,
+                         memory_mb)
     return DeletionCurves(ranked, random.mean(dim=0) if average_random else random,
                           batch.mask.sum(dim=1))

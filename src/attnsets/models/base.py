@@ -128,8 +128,16 @@ class SetModel(nn.Module):
         h = self.encoder(x.reshape(batch * n, *x.shape[2:]))
         return h.reshape(batch, n, -1)
 
-    def head(self, h: torch.Tensor, mask: torch.Tensor) -> SetOutput:
-        """h: (B, N, D), mask: (B, N) bool -> SetOutput."""
+    def head(self, h: torch.Tensor, mask: torch.Tensor, need_maps: bool = True) -> SetOutput:
+        """h: (B, N, D), mask: (B, N) bool -> SetOutput.
+
+        need_maps=False promises the caller reads only ``.logits`` (perturbation passes): a
+        pooling with a ``forward_logits(h, mask) -> (B, C)`` method then skips its diagnostic
+        maps and may use fused kernels; the other fields of the result are None."""
+        if not need_maps:
+            fast = getattr(self.pooling, "forward_logits", None)
+            if fast is not None:
+                return SetOutput(fast(h, mask))
         return self.pooling(h, mask)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> SetOutput:

@@ -3,6 +3,14 @@
 Every pooling first replaces the embeddings at padded positions with zeros, so whatever the
 encoder made of the padding (even NaN or inf) cannot reach an output. Attention, attention
 norms and instance scores are exactly 0 at padding.
+
+Poolings with diagnostic outputs also define the perturbation fast path (see
+`SetModel.head(..., need_maps=False)`): ``forward_logits(h, mask) -> (B, C)``, equal to
+``forward(h, mask).logits`` without building attention norms or maps, and
+``intermediate_floats(n) -> int``, the size in floats of the largest intermediate tensor one bag
+of width n allocates in it, which perturbation passes use to size their chunks. The class
+attribute ``permutation_invariant = True`` (every pooling here) allows those passes to evaluate a
+sub-bag at its own width, its instances moved to the front of a narrower batch.
 The transformer poolings live in `attnsets.models.set_transformer`.
 """
 
@@ -37,6 +45,8 @@ def _init_uniform(tensor: torch.Tensor, fan_in: int) -> torch.Tensor:
 class MeanPooling(nn.Module):
     """Baseline: z = mean of the real h_i; logits = W z. No attention."""
 
+    permutation_invariant = True
+
     def __init__(self, in_dim: int, n_classes: int) -> None:
         super().__init__()
         self.classifier = nn.Linear(in_dim, n_classes)
@@ -50,6 +60,8 @@ class MeanPooling(nn.Module):
 @POOLINGS.register("max")
 class MaxPooling(nn.Module):
     """Baseline: z = feature-wise max over the real h_i; logits = W z. No attention."""
+
+    permutation_invariant = True
 
     def __init__(self, in_dim: int, n_classes: int) -> None:
         super().__init__()
@@ -75,18 +87,36 @@ class SoftmaxAttentionPooling(nn.Module):
         """z: (B, D) -> logits (B, C)."""
         return self.classifier(z)
 
-    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> SetOutput:
+    def _pool(self, h: torch.Tensor, mask: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (zero-padded h (B, N, D), attention (B, N), logits (B, C))."""
         h = zero_padding(h, mask)
         attention = masked_softmax(self.attention_logits(h), mask)  # (B, N)
         z = torch.einsum("bn,bnd->bd", attention, h)
+        return h, attention, self.readout(z)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> SetOutput:
+        h, attention, logits = self._pool(h, mask)
         # Kobayashi et al. 2020: h_i itself is what gets weighted and summed
         norm = attention * h.norm(dim=-1)
-        return SetOutput(self.readout(z), attention, attention.unsqueeze(1), norm)
+        return SetOutput(logits, attention, attention.unsqueeze(1), norm)
+
+    def forward_logits(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """h: (B, N, D), mask: (B, N) -> logits (B, C), without the attention norms."""
+        return self._pool(h, mask)[2]
+
+    def intermediate_floats(self, n: int) -> int:
+        """Largest intermediate per bag: the (N, D) embeddings or the scorer's hidden layer."""
+        widths = [max(m.in_features, m.out_features) for m in self.modules()
+                  if isinstance(m, nn.Linear)]
+        return n * max([1, *widths])
 
 
 @POOLINGS.register("attention")
 class AttentionPooling(SoftmaxAttentionPooling):
     """Ilse et al. 2018: a_i = softmax_i(w^T tanh(V h_i)); z = sum_i a_i h_i; logits = W z."""
+
+    permutation_invariant = True
 
     def __init__(self, in_dim: int, n_classes: int, attention_dim: int = 64) -> None:
         super().__init__()
@@ -102,6 +132,8 @@ class AttentionPooling(SoftmaxAttentionPooling):
 @POOLINGS.register("gated_attention")
 class GatedAttentionPooling(SoftmaxAttentionPooling):
     """Ilse et al. 2018, gated: a_i = softmax_i(w^T (tanh(V h_i) * sigmoid(U h_i)))."""
+
+    permutation_invariant = True
 
     def __init__(self, in_dim: int, n_classes: int, attention_dim: int = 64) -> None:
         super().__init__()
@@ -123,6 +155,8 @@ class MultiHeadAttentionPooling(nn.Module):
 
     head_attention: (B, H, N), each head a distribution over the real instances."""
 
+    permutation_invariant = True
+
     def __init__(self, in_dim: int, n_classes: int, heads: int = 4, attention_dim: int = 32,
                  head_dim: int | None = None) -> None:
         super().__init__()
@@ -136,16 +170,29 @@ class MultiHeadAttentionPooling(nn.Module):
         self.values = nn.Linear(in_dim, self.heads * self.head_dim)  # all P_k at once
         self.classifier = nn.Linear(self.heads * self.head_dim, n_classes)
 
-    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> SetOutput:
+    def _pool(self, h: torch.Tensor, mask: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (head_attention (B, H, N), values (B, N, H, E), logits (B, C))."""
         h = zero_padding(h, mask)
         keys = torch.tanh(self.keys(h)).unflatten(-1, (self.heads, -1))  # (B, N, H, A)
         scores = torch.einsum("bnha,ha->bhn", keys, self.queries)
         head_attention = masked_softmax(scores, mask.unsqueeze(1))  # (B, H, N)
         values = self.values(h).unflatten(-1, (self.heads, self.head_dim))  # (B, N, H, E)
         pooled = torch.einsum("bhn,bnhe->bhe", head_attention, values)
-        logits = self.classifier(pooled.flatten(1))
+        return head_attention, values, self.classifier(pooled.flatten(1))
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> SetOutput:
+        head_attention, values, logits = self._pool(h, mask)
         norm = head_attention * values.norm(dim=-1).transpose(1, 2)  # (B, H, N)
         return SetOutput(logits, head_attention.mean(dim=1), head_attention, norm.mean(dim=1))
+
+    def forward_logits(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """h: (B, N, D), mask: (B, N) -> logits (B, C), without the attention norms."""
+        return self._pool(h, mask)[2]
+
+    def intermediate_floats(self, n: int) -> int:
+        """Largest intermediate per bag: the (N, H * A) keys or (N, H * E) values."""
+        return n * max(self.keys.out_features, self.values.out_features)
 
 
 class _InstanceClassifier(nn.Module):
@@ -174,6 +221,8 @@ class AdditivePooling(nn.Module):
     b add up to the logits: instance_scores (B, N, C) is an exact decomposition.
     attention_norm uses ||c_i|| = a_i ||p(h_i)||, the vector that is summed."""
 
+    permutation_invariant = True
+
     def __init__(self, in_dim: int, n_classes: int, attention_dim: int = 64,
                  hidden: int = 32) -> None:
         super().__init__()
@@ -183,12 +232,27 @@ class AdditivePooling(nn.Module):
         self.instance_classifier = _InstanceClassifier(in_dim, n_classes, hidden, bias=False)
         self.bias = nn.Parameter(torch.zeros(n_classes))
 
-    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> SetOutput:
+    def _pool(self, h: torch.Tensor, mask: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (attention (B, N), contributions (B, N, C), logits (B, C))."""
         h = zero_padding(h, mask)
         attention = masked_softmax(self.score(h).squeeze(-1), mask)  # (B, N)
         contributions = self.instance_classifier(attention.unsqueeze(-1) * h)  # (B, N, C)
         contributions = zero_padding(contributions, mask)
-        logits = contributions.sum(dim=1) + self.bias
+        return attention, contributions, contributions.sum(dim=1) + self.bias
+
+    def forward_logits(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """h: (B, N, D), mask: (B, N) -> logits (B, C), without the contribution norms."""
+        return self._pool(h, mask)[2]
+
+    def intermediate_floats(self, n: int) -> int:
+        """Largest intermediate per bag: (N, D) embeddings or a hidden layer of width A."""
+        widths = [max(m.in_features, m.out_features) for m in self.modules()
+                  if isinstance(m, nn.Linear)]
+        return n * max([1, *widths])
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> SetOutput:
+        attention, contributions, logits = self._pool(h, mask)
         norm = contributions.norm(dim=-1)
         return SetOutput(logits, attention, attention.unsqueeze(1), norm,
                          instance_scores=contributions)
@@ -198,6 +262,8 @@ class AdditivePooling(nn.Module):
 class InstanceMaxPooling(nn.Module):
     """mi-Net: per-instance class scores s_i = p(h_i); logits = max over real instances of s_i
     (per class). instance_scores: (B, N, C), 0 at padding. No attention."""
+
+    permutation_invariant = True
 
     def __init__(self, in_dim: int, n_classes: int, hidden: int = 0) -> None:
         super().__init__()

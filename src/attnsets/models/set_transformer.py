@@ -8,6 +8,11 @@ Both report `layer_attention` in one format, so a single rollout implementation 
 a tuple of (B, H, N+1, N+1) maps, token 0 the read-out token (class token / PMA seed), tokens
 1..N the instances, each row a distribution over the tokens it attends to, rows and columns of
 padded instances exactly 0. Rollout adds the residual identity itself.
+
+`forward_logits` (the perturbation fast path, `SetModel.head(..., need_maps=False)`) computes
+the same logits without any map: PyTorch's fused scaled-dot-product attention, no ISAB
+instance<-instance compositions (which made set_transformer quadratic in N), and in
+transformer_cls's last layer only the class-token row, the only row the classifier reads.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import math
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from attnsets.errors import SpecError
@@ -57,6 +63,21 @@ class MultiHeadAttention(nn.Module):
         mixed = (weights @ v).transpose(1, 2).flatten(2)  # (B, Q, H * E)
         return Attended(self.o(mixed), weights, v)
 
+    def attend(self, query: torch.Tensor, keys: torch.Tensor,
+               key_mask: torch.Tensor | None) -> torch.Tensor:
+        """forward(...).out without the weights: fused attention, no (Q, K) map kept.
+        query: (B, Q, D), keys: (B, K, D), key_mask: (B, K) bool or None -> (B, Q, D)."""
+        q, k, v = self._split(self.q(query)), self._split(self.k(keys)), self._split(self.v(keys))
+        if key_mask is None:
+            mixed = F.scaled_dot_product_attention(q, k, v)
+        else:
+            mixed = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
+            # a query with no real key mixes nothing (masked_softmax's 0 rows); kernels differ
+            # on such rows (0 or NaN), so set them explicitly
+            mixed = torch.where(key_mask.any(dim=-1)[:, None, None, None], mixed,
+                                torch.zeros_like(mixed))
+        return self.o(mixed.transpose(1, 2).flatten(2))
+
     def value_norms(self, values: torch.Tensor) -> torch.Tensor:
         """||W_O^h v_hk||, the norm of what key k adds to the output through head h
         (Kobayashi et al. 2020). values: (B, H, K, E) -> (B, H, K)."""
@@ -86,8 +107,16 @@ class MAB(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor,
                 y_mask: torch.Tensor | None) -> tuple[torch.Tensor, Attended]:
         attended = self.attention(x, y, y_mask)
-        a = self.norm1(x + attended.out)
-        return self.norm2(a + self.ff(a)), attended
+        return self._finish(x, attended.out), attended
+
+    def _finish(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        a = self.norm1(x + attended)
+        return self.norm2(a + self.ff(a))
+
+    def forward_fast(self, x: torch.Tensor, y: torch.Tensor,
+                     y_mask: torch.Tensor | None) -> torch.Tensor:
+        """forward(...)[0] with fused attention and no weights. x: (B, Q, D), y: (B, K, D)."""
+        return self._finish(x, self.attention.attend(x, y, y_mask))
 
 
 class ISAB(nn.Module):
@@ -111,6 +140,12 @@ class ISAB(nn.Module):
         out, written = self.write(x, summary, None)
         composed = written.weights.mean(dim=1) @ read.weights.mean(dim=1)  # (B, N, N)
         return out, composed * mask.unsqueeze(-1)
+
+    def forward_fast(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """forward(...)[0] without the (B, N, N) map: O(N m) time and memory."""
+        inducing = self.inducing.unsqueeze(0).expand(x.shape[0], -1, -1)
+        summary = self.read.forward_fast(inducing, x, mask)
+        return self.write.forward_fast(x, summary, None)
 
 
 def _with_readout_token(readout_row: torch.Tensor, readout_self: torch.Tensor,
@@ -137,6 +172,8 @@ class SetTransformerPooling(nn.Module):
     composition, the read-out token untouched: row 0 = [1, 0...]) then the PMA map
     (B, H, N+1, N+1) with row 0 = [0, seed attention] and identity for the instances, which
     PMA does not change."""
+
+    permutation_invariant = True
 
     def __init__(self, in_dim: int, n_classes: int, heads: int = 4, inducing: int = 8,
                  layers: int = 2, head_dim: int | None = None, ff_dim: int | None = None,
@@ -176,6 +213,24 @@ class SetTransformerPooling(nn.Module):
         return SetOutput(self.classifier(pooled[:, 0]), head_attention.mean(dim=1),
                          head_attention, norm.mean(dim=1), layer_attention=tuple(maps))
 
+    def forward_logits(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """h: (B, N, D), mask: (B, N) -> logits (B, C), equal to forward(h, mask).logits."""
+        x = zero_padding(h, mask)
+        for block in self.encoder:
+            x = block.forward_fast(x, mask)
+        seed = self.seed.unsqueeze(0).expand(x.shape[0], -1, -1)
+        pooled = self.pool.forward_fast(seed, self.pool_ff(x), mask)
+        return self.classifier(pooled[:, 0])
+
+    def intermediate_floats(self, n: int) -> int:
+        """Largest intermediate per bag in forward_logits: the (H, N, m) attention between
+        instances and inducing points (if the kernel materialises it) or an (N, ff) hidden."""
+        block: ISAB = self.encoder[0]  # type: ignore[assignment]
+        attention = block.read.attention
+        ff_dim = block.read.ff[0].out_features
+        return n * max(attention.heads * block.inducing.shape[0],
+                       attention.heads * attention.head_dim, ff_dim)
+
 
 class TransformerLayer(nn.Module):
     """Pre-norm self-attention layer: x += MHA(LN(x)); x += FF(LN(x)).
@@ -193,6 +248,15 @@ class TransformerLayer(nn.Module):
         x = x + attended.out
         return x + self.ff(self.norm2(x)), attended
 
+    def forward_fast(self, x: torch.Tensor, mask: torch.Tensor, rows: int | None = None
+                     ) -> torch.Tensor:
+        """forward(...)[0] with fused attention and no weights, for the first `rows` tokens
+        only (None: all). Every token still serves as a key. x: (B, T, D) -> (B, rows, D)."""
+        normed = self.norm1(x)
+        x = x[:, :rows]
+        x = x + self.attention.attend(normed[:, :rows], normed, mask)
+        return x + self.ff(self.norm2(x))
+
 
 @POOLINGS.register("transformer_cls")
 class TransformerClsPooling(nn.Module):
@@ -202,6 +266,8 @@ class TransformerClsPooling(nn.Module):
     attention: (B, N) the class token's attention to the instances in the last layer, mean over
     heads. It is not renormalised: it sums to 1 minus the class token's attention to itself.
     layer_attention: every layer's (B, H, N+1, N+1) map, token 0 the class token."""
+
+    permutation_invariant = True
 
     def __init__(self, in_dim: int, n_classes: int, heads: int = 4, layers: int = 2,
                  head_dim: int | None = None, ff_dim: int | None = None) -> None:
@@ -234,3 +300,22 @@ class TransformerClsPooling(nn.Module):
         logits = self.classifier(self.final_norm(tokens[:, 0]))
         return SetOutput(logits, head_attention.mean(dim=1), head_attention, norm.mean(dim=1),
                          layer_attention=tuple(maps))
+
+    def forward_logits(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """h: (B, N, D), mask: (B, N) -> logits (B, C), equal to forward(h, mask).logits.
+        The last layer updates only the class token: the classifier reads nothing else."""
+        h = zero_padding(h, mask)
+        tokens = torch.cat([self.cls_token.expand(h.shape[0], 1, -1), h], dim=1)  # (B, N+1, D)
+        token_mask = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
+        for index, layer in enumerate(self.layers):
+            last = index == len(self.layers) - 1
+            tokens = layer.forward_fast(tokens, token_mask, rows=1 if last else None)
+        return self.classifier(self.final_norm(tokens[:, 0]))
+
+    def intermediate_floats(self, n: int) -> int:
+        """Largest intermediate per bag: the (H, N+1, N+1) self-attention scores (what the
+        unfused kernel materialises) or an (N+1, ff) hidden layer."""
+        layer: TransformerLayer = self.layers[0]  # type: ignore[assignment]
+        tokens = n + 1
+        return tokens * max(layer.attention.heads * tokens, layer.ff[0].out_features,
+                            3 * layer.attention.heads * layer.attention.head_dim)
