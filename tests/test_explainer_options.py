@@ -17,7 +17,9 @@ from attnsets.models import InputInfo, ModelSpec, build_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-#: (method, option, a non-default value, the option changes the scores on this model?)
+#: (method, option, a non-default value, the option changes the scores on this model?). Shapley
+#: is exact on bags this small by default, so its sampling options are compared with
+#: `SAMPLED_SHAPLEY` set on both sides.
 OPTIONS: list[tuple[str, str, Any, bool]] = [
     ("attention_head", "head", 1, True),
     ("gradient", "wrt", "embedding", True),
@@ -28,15 +30,21 @@ OPTIONS: list[tuple[str, str, Any, bool]] = [
     ("integrated_gradients", "method", "riemann_left", True),
     ("leave_one_out", "output", "logit", True),
     ("leave_one_out", "max_batch", 2, False),
+    ("leave_one_out", "memory_mb", 0.01, False),
     ("single", "output", "logit", True),
     ("single", "max_batch", 2, False),
+    ("single", "memory_mb", 0.01, False),
     ("random", "seed", 7, True),
     ("shapley", "n_samples", 3, True),
     ("shapley", "seed", 7, True),
     ("shapley", "exact", True, True),
     ("shapley", "output", "logit", True),
     ("shapley", "max_batch", 2, False),
+    ("shapley", "memory_mb", 0.01, False),
+    ("shapley", "sampler", "permutation", True),
+    ("shapley", "antithetic", False, True),
 ]
+SAMPLED_SHAPLEY = {"exact": False, "n_samples": 8}
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +72,17 @@ def test_the_table_covers_every_option_of_every_explainer() -> None:
 def test_option_reaches_the_explainer(setup: tuple[Any, Any, Any], method: str, option: str,
                                       value: Any, changes: bool) -> None:
     _, model, batch = setup
+    base: dict[str, Any] = {}
+    if method == "shapley" and option not in ("exact", "n_samples"):
+        base = dict(SAMPLED_SHAPLEY)
+    if (method, option) == ("shapley", "exact"):
+        base = {"exact": False}  # exact values vs the sampled default budget
+    if (method, option) == ("shapley", "antithetic"):
+        base["sampler"] = "permutation"  # antithetic pairs apply to the permutation sampler
     torch.manual_seed(0)
-    default = explain(model, batch, method)
+    default = explain(model, batch, method, **base)
     torch.manual_seed(0)
-    chosen = explain(model, batch, method, **{option: value})
+    chosen = explain(model, batch, method, **{**base, option: value})
     assert chosen.shape == batch.mask.shape
     if changes:
         assert not torch.allclose(default, chosen), f"{method}.{option}={value!r} had no effect"

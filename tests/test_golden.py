@@ -27,7 +27,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def assert_close(new: Any, old: Any, path: str = "") -> None:
-    """Equal structure, equal strings and flags, numbers within 1e-6 (relative)."""
+    """Equal structure, equal strings and flags, numbers within 1e-6 (absolute or relative).
+
+    The perturbation explainers now evaluate sub-bags at their own width with fused attention
+    kernels: scores move by float rounding (< 4e-7), the golden numbers by at most 5e-7."""
     if isinstance(old, dict):
         assert isinstance(new, dict), path
         assert sorted(new) == sorted(old), f"{path}: keys {sorted(set(new) ^ set(old))}"
@@ -42,7 +45,7 @@ def assert_close(new: Any, old: Any, path: str = "") -> None:
         if math.isnan(old):
             assert math.isnan(new), f"{path}: {new} vs nan"
             return
-        assert math.isclose(new, old, rel_tol=1e-6, abs_tol=1e-9), f"{path}: {new} vs {old}"
+        assert math.isclose(new, old, rel_tol=1e-6, abs_tol=1e-6), f"{path}: {new} vs {old}"
     else:
         assert new == old, f"{path}: {new!r} vs {old!r}"
 
