@@ -241,19 +241,35 @@ def run(
     address: str | None = typer.Option(None, help="Ray cluster address (default: a local instance)"),
     device: str | None = typer.Option(None, help='override [study] device: "auto" (CUDA when '
                                                  'available, else CPU), "cpu", "cuda", "cuda:N"'),
+    mlflow: str | None = typer.Option(
+        None, "--mlflow", is_flag=False, flag_value="", metavar="[URI]",
+        help="log each cell as an MLflow run (attnsets[mlflow]); bare --mlflow = a local file "
+             "store in OUT/mlruns; put it after CONFIG or write --mlflow=URI"),
 ) -> None:
     """Run a whole study: datasets x models x seeds x grid, stored in OUT/results.sqlite."""
     from attnsets.study.config import load_study
     from attnsets.study.runner import StudyExistsError, run_study
     from attnsets.study.store import StoreLockedError
 
+    tracker = None
     try:
         study = load_study(config, device)
+        if mlflow is not None:
+            try:
+                from attnsets.integrations.mlflow import MlflowTracker, default_uri
+            except ImportError as err:
+                raise SpecError("mlflow", mlflow, f"an installed MLflow ({err})") from None
+            tracker = MlflowTracker(mlflow or default_uri(out), study.name)
         summary = run_study(study, out, workers=workers, executor=executor, address=address,
-                            resume=resume)
+                            resume=resume, on_record=tracker)
     except (SpecError, SpecErrors, StudyExistsError, StoreLockedError) as err:
+        if tracker is not None:
+            tracker.finish(failed=True)
         _fail(err)
         return
+    if tracker is not None:
+        tracker.finish(out, failed=not summary.ok)
+        console.print(f"MLflow: {len(tracker.cell_runs)} cell run(s) logged to {tracker.uri}")
     _print_run_summary(summary, out)
     _print_headline(out)
     if not summary.ok:
