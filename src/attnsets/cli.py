@@ -241,10 +241,12 @@ def run(
     address: str | None = typer.Option(None, help="Ray cluster address (default: a local instance)"),
     device: str | None = typer.Option(None, help='override [study] device: "auto" (CUDA when '
                                                  'available, else CPU), "cpu", "cuda", "cuda:N"'),
-    mlflow: str | None = typer.Option(
-        None, "--mlflow", is_flag=False, flag_value="", metavar="[URI]",
-        help="log each cell as an MLflow run (attnsets[mlflow]); bare --mlflow = a local file "
-             "store in OUT/mlruns; put it after CONFIG or write --mlflow=URI"),
+    # Two options rather than an optional value (`--mlflow [URI]`): typer has deprecated
+    # click's flag_value, and an optional value would swallow a following CONFIG argument.
+    mlflow: bool = typer.Option(False, "--mlflow", help="log each cell as an MLflow run "
+                                "(attnsets[mlflow]), by default to a file store in OUT/mlruns"),
+    mlflow_uri: str | None = typer.Option(None, "--mlflow-uri", metavar="URI",
+                                          help="MLflow tracking URI (implies --mlflow)"),
 ) -> None:
     """Run a whole study: datasets x models x seeds x grid, stored in OUT/results.sqlite."""
     from attnsets.study.config import load_study
@@ -254,12 +256,12 @@ def run(
     tracker = None
     try:
         study = load_study(config, device)
-        if mlflow is not None:
+        if mlflow or mlflow_uri:
             try:
                 from attnsets.integrations.mlflow import MlflowTracker, default_uri
             except ImportError as err:
-                raise SpecError("mlflow", mlflow, f"an installed MLflow ({err})") from None
-            tracker = MlflowTracker(mlflow or default_uri(out), study.name)
+                raise SpecError("mlflow", mlflow_uri, f"an installed MLflow ({err})") from None
+            tracker = MlflowTracker(mlflow_uri or default_uri(out), study.name)
         summary = run_study(study, out, workers=workers, executor=executor, address=address,
                             resume=resume, on_record=tracker)
     except (SpecError, SpecErrors, StudyExistsError, StoreLockedError) as err:

@@ -1,4 +1,4 @@
-"""Study cells as MLflow runs (`attnsets run CONFIG --mlflow [URI]`).
+"""Study cells as MLflow runs (`attnsets run CONFIG --mlflow [--mlflow-uri URI]`).
 
 Needs the extra: ``pip install 'attnsets[mlflow]'`` (mlflow-skinny: the tracking client only;
 ``mlflow ui`` needs the full ``mlflow`` package).
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -81,6 +82,11 @@ class MlflowTracker:
         if not isinstance(uri, str) or not uri:
             raise SpecError("mlflow", uri, "a tracking URI (e.g. file:///path/mlruns)")
         self.uri = uri
+        if uri.startswith("file:"):
+            # MLflow 3 keeps the file store in "maintenance mode" and refuses it unless asked;
+            # it is what a laptop without a tracking server has (the sqlite store needs the
+            # full mlflow package), so a file:// URI asks for it explicitly.
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.client = MlflowClient(tracking_uri=uri)
         name = experiment or f"attnsets-{study}"
         try:
