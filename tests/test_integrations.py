@@ -261,7 +261,7 @@ def test_h5ad_round_trips_through_explain_data(tmp_path: Path) -> None:
 
 
 def test_load_anndata_reads_dense_or_sparse_x(tmp_path: Path) -> None:
-    import anndata
+    anndata = pytest.importorskip("anndata", reason="anndata not installed")
 
     from attnsets.integrations.anndata import load_anndata
 
