@@ -110,9 +110,36 @@ def _audit_context(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     return {}
 
 
+def _integrations_context(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """docs/integrations.md needs its three extras (skipped with the reason where one is not
+    installed), audits on the default battery (shrunk as for audit.md) and reads `cells.h5ad`
+    (patients whose responders hold a shifted cell, an X_pca embedding) from the working
+    directory."""
+    for extra in ("torchmil", "anndata", "mlflow"):
+        pytest.importorskip(extra, reason=f"the {extra} extra is not installed")
+    import anndata
+
+    _audit_context(monkeypatch)
+    rng = np.random.default_rng(0)
+    blocks, patients = [], []
+    for patient in range(16):
+        cells = rng.normal(size=(int(rng.integers(5, 9)), 4))
+        cells[0, 0] += 4.0 * (patient % 2)
+        blocks.append(cells)
+        patients += [f"p{patient}"] * len(cells)
+    values = np.concatenate(blocks).astype(np.float32)
+    obs = pd.DataFrame({"patient": patients,
+                        "response": [("no", "yes")[int(p[1:]) % 2] for p in patients]},
+                       index=[f"cell{i}" for i in range(len(values))])
+    adata = anndata.AnnData(X=values, obs=obs)
+    adata.obsm["X_pca"] = values[:, :3]
+    adata.write_h5ad("cells.h5ad")
+    return {}
+
+
 CONTEXTS: dict[str, Callable[[pytest.MonkeyPatch], dict[str, Any]]] = {
     "explainers.md": _explainers_context, "own_data.md": _own_data_context,
-    "audit.md": _audit_context}
+    "audit.md": _audit_context, "integrations.md": _integrations_context}
 
 
 # --------------------------------------------------------------------------- running blocks

@@ -241,19 +241,37 @@ def run(
     address: str | None = typer.Option(None, help="Ray cluster address (default: a local instance)"),
     device: str | None = typer.Option(None, help='override [study] device: "auto" (CUDA when '
                                                  'available, else CPU), "cpu", "cuda", "cuda:N"'),
+    # Two options rather than an optional value (`--mlflow [URI]`): typer has deprecated
+    # click's flag_value, and an optional value would swallow a following CONFIG argument.
+    mlflow: bool = typer.Option(False, "--mlflow", help="log each cell as an MLflow run "
+                                "(attnsets[mlflow]), by default to a file store in OUT/mlruns"),
+    mlflow_uri: str | None = typer.Option(None, "--mlflow-uri", metavar="URI",
+                                          help="MLflow tracking URI (implies --mlflow)"),
 ) -> None:
     """Run a whole study: datasets x models x seeds x grid, stored in OUT/results.sqlite."""
     from attnsets.study.config import load_study
     from attnsets.study.runner import StudyExistsError, run_study
     from attnsets.study.store import StoreLockedError
 
+    tracker = None
     try:
         study = load_study(config, device)
+        if mlflow or mlflow_uri:
+            try:
+                from attnsets.integrations.mlflow import MlflowTracker, default_uri
+            except ImportError as err:
+                raise SpecError("mlflow", mlflow_uri, f"an installed MLflow ({err})") from None
+            tracker = MlflowTracker(mlflow_uri or default_uri(out), study.name)
         summary = run_study(study, out, workers=workers, executor=executor, address=address,
-                            resume=resume)
+                            resume=resume, on_record=tracker)
     except (SpecError, SpecErrors, StudyExistsError, StoreLockedError) as err:
+        if tracker is not None:
+            tracker.finish(failed=True)
         _fail(err)
         return
+    if tracker is not None:
+        tracker.finish(out, failed=not summary.ok)
+        console.print(f"MLflow: {len(tracker.cell_runs)} cell run(s) logged to {tracker.uri}")
     _print_run_summary(summary, out)
     _print_headline(out)
     if not summary.ok:
@@ -464,11 +482,15 @@ def print_audit(result: Any) -> None:
 
 @app.command("explain-data")
 def explain_data(
-    table: Path = typer.Argument(..., help="CSV or Parquet file, one row per instance"),
+    table: Path = typer.Argument(..., help="CSV or Parquet file, one row per instance, or an "
+                                           ".h5ad file (AnnData: one cell per instance, bag and "
+                                           "label columns in obs)"),
     bag_column: str = typer.Option(..., "--bag-column", help="column holding each row's bag id"),
     label_column: str = typer.Option(..., "--label-column", help="column holding the bag label"),
     features: str | None = typer.Option(None, help="comma-separated feature columns "
                                                    "(default: every other numeric column)"),
+    obsm: str | None = typer.Option(None, "--obsm", help=".h5ad only: features from obsm[KEY] "
+                                                         "(e.g. X_pca) instead of X"),
     out: Path = typer.Option(Path("explained"), "--out", "-o", help="output directory"),
     fmt: str = typer.Option("csv", "--format", help="csv | parquet"),
     pooling: str = typer.Option("attention", help="registered pooling of the model"),
@@ -480,20 +502,39 @@ def explain_data(
                                                  'available, else CPU), "cpu", "cuda", "cuda:N"'),
 ) -> None:
     """Explain your own bags (no instance labels needed): train an ensemble on a seeded split,
-    score every instance, and rate each bag by how much the members agree (label-free)."""
+    score every instance, and rate each bag by how much the members agree (label-free).
+    With an .h5ad input the results are also written back as obs columns of a copy,
+    OUT/<name>.attnsets.h5ad (attnsets[anndata])."""
     from attnsets.data.own import load_bags
     from attnsets.models import ModelSpec
     from attnsets.own_data import explain_own_data
 
+    h5ad = table.suffix.lower() == ".h5ad"
     try:
-        data = load_bags(table, bag_column, label_column,
-                         [c.strip() for c in features.split(",")] if features else None)
+        if h5ad:
+            try:
+                from attnsets.integrations.anndata import load_anndata, read_h5ad, write_h5ad
+            except ImportError as err:
+                raise SpecError("table", str(table), f"a CSV or Parquet file ({err})") from None
+            if features:
+                raise SpecError("features", features, "no feature columns with an .h5ad input: "
+                                                      "features come from X or --obsm KEY")
+            adata = read_h5ad(table)
+            data = load_anndata(adata, bag_column, label_column, obsm)
+        else:
+            if obsm is not None:
+                raise SpecError("obsm", obsm, "no --obsm with a CSV or Parquet input (it names "
+                                              "an AnnData embedding of an .h5ad file)")
+            data = load_bags(table, bag_column, label_column,
+                             [c.strip() for c in features.split(",")] if features else None)
         with console.status(f"training {members} members on {len(data)} bags and explaining"):
             result = explain_own_data(
                 data, model=ModelSpec(pooling=pooling, embed_dim=32), members=members,
                 training=_training_overrides(epochs, device), method=method,
                 seed=seed)
         paths = result.write(out, fmt)
+        if h5ad:
+            paths = (*paths, write_h5ad(adata, result, out / f"{table.stem}.attnsets.h5ad"))
     except (SpecError, SpecErrors) as err:
         _fail(err)
         return
@@ -518,7 +559,7 @@ def explain_data(
             f"{b} ({_fmt(a, 2)})" for b, a in zip(held_out["bag_id"].head(5),
                                                   held_out["rank_agreement"].head(5),
                                                   strict=True)))
-    console.print(f"wrote {paths[0]} and {paths[1]}")
+    console.print("wrote " + ", ".join(map(str, paths[:-1])) + f" and {paths[-1]}")
 
 
 def main() -> None:  # pragma: no cover - console entry
