@@ -144,7 +144,8 @@ class Ensemble(nn.Module):
 @dataclass
 class EnsembleResult:
     """The trained ensemble (each member in its best validation state) and one History per
-    member (member k's wall_time is that of the whole shared pass)."""
+    member (member k's wall_time: the whole shared pass when vectorised, its own fit when
+    sequential)."""
 
     ensemble: Ensemble
     histories: list[History]
