@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import write_section  # noqa: E402
 
 BENCHMARKS = {"ceiling": "benchmarks.bench_ceiling", "data": "benchmarks.bench_data",
+              "ensemble": "benchmarks.bench_ensemble_strategy",
               "explain": "benchmarks.bench_explain",
               "study": "benchmarks.bench_study", "training": "benchmarks.bench_training"}
 

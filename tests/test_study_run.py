@@ -21,9 +21,9 @@ from torch import nn
 from typer.testing import CliRunner
 
 from attnsets.cli import app
-from attnsets.errors import SpecErrors
+from attnsets.errors import SpecError, SpecErrors
 from attnsets.models import POOLINGS, SetOutput
-from attnsets.study.config import validate_config
+from attnsets.study.config import study_cells, validate_config
 from attnsets.study.results import results_frame
 from attnsets.study.runner import StudyExistsError, run_study
 from attnsets.study.store import ResultsStore
@@ -364,3 +364,86 @@ def test_a_worker_killed_by_the_os_costs_only_its_own_cell(tmp_path: Path,
     assert by_replicate[1].status == "failed" and "also when it ran alone" in (by_replicate[1].error or "")
     assert all(by_replicate[r].status == "done" for r in (0, 2, 3, 4)), {  # 0 was in flight
         r: (by_replicate[r].status, (by_replicate[r].error or "")[-300:]) for r in (0, 2, 3, 4)}
+
+
+# --- scheduling and worker threads ---------------------------------------------------------------
+
+def test_worker_threads_share_the_cores_one_each_when_workers_match_cores() -> None:
+    from attnsets.study.executor import worker_threads
+
+    assert worker_threads(2, cores=2) == 1
+    assert worker_threads(4, cores=2) == 1  # never 0, even oversubscribed
+    assert worker_threads(1, cores=2) == 2
+    assert worker_threads(2, cores=8) == 4
+    assert worker_threads(3, cores=8) == 2
+    assert worker_threads(1) == (os.cpu_count() or 1)
+    with pytest.raises(SpecError, match="workers"):
+        worker_threads(0, cores=2)
+
+
+def scheduling_study() -> dict[str, Any]:
+    raw = tiny(cells_per_model=1, name="order")
+    small = raw["datasets"][0]
+    large = {**copy.deepcopy(small), "name": "large",
+             "bag_size": {"kind": "uniform", "low": 30, "high": 40}}
+    raw["datasets"] = [small, large]
+    raw["models"].append({"name": "tcls", "pooling": "transformer_cls", "embed_dim": 8})
+    raw["study"]["explainers"] = ["attention", "leave_one_out", "random"]
+    return raw
+
+
+def test_cost_estimate_grows_with_bags_and_is_cubic_for_perturbing_self_attention() -> None:
+    from attnsets.study.runner import estimated_cost
+
+    cells = {(c.dataset_name, c.model_name): c.to_dict()
+             for c in study_cells(validate_config(scheduling_study()))}
+    cost = {key: estimated_cost(spec) for key, spec in cells.items()}
+    assert cost[("large", "att")] > cost[("g", "att")]
+    assert cost[("g", "tcls")] > cost[("g", "att")]
+    assert cost[("large", "tcls")] > cost[("large", "att")] > cost[("g", "att")]
+    # The assessment alone (no training): on self-attention a pass over N instances costs ~N^2,
+    # so its cost grows faster with the bag size than attention pooling's (~N).
+    assessment = {}
+    for key, value in cells.items():
+        assessment[key] = estimated_cost({**value, "training": {**value["training"], "epochs": 0}})
+    growth_tcls = assessment[("large", "tcls")] / assessment[("g", "tcls")]
+    growth_att = assessment[("large", "att")] / assessment[("g", "att")]
+    assert growth_tcls > 1.5 * growth_att and growth_att > 35 / 6
+    spec = cells[("g", "tcls")]
+    more = {**spec, "explainers": [*spec["explainers"], "shapley"]}
+    assert estimated_cost(more) > estimated_cost(spec)
+
+
+def test_schedule_puts_the_most_expensive_cells_first_and_learns_from_timings() -> None:
+    from attnsets.study.runner import estimated_cost, schedule
+
+    cells = study_cells(validate_config(scheduling_study()))
+    order = [(c.dataset_name, c.model_name) for c in schedule(cells)]
+    assert order[0] == ("large", "tcls") and order[-1] == ("g", "att")
+    costs = [estimated_cost(c.to_dict()) for c in schedule(cells)]
+    assert costs == sorted(costs, reverse=True)
+    # A resumed study: the small attention cell took 10,000x its estimate and the small
+    # transformer_cls cell just its estimate, so the large attention cell now goes first.
+    small = [c for c in cells if c.dataset_name == "g"]
+    finished = [{"spec": c.to_dict(), "seconds": (1e4 if c.model_name == "att" else 1.0)
+                 * estimated_cost(c.to_dict())} for c in small]
+    rest = [c for c in cells if c.dataset_name == "large"]
+    assert [c.model_name for c in schedule(rest)] == ["tcls", "att"]
+    assert [c.model_name for c in schedule(rest, finished)] == ["att", "tcls"]
+
+
+def test_run_study_starts_the_most_expensive_cell_first(tmp_path: Path) -> None:
+    from attnsets.study.store import CellRecord
+
+    started: list[tuple[str, str]] = []
+
+    def record_order(cell: Any) -> CellRecord:
+        started.append((cell.dataset_name, cell.model_name))
+        return CellRecord(cell_id=cell.cell_id, study=cell.study, status="done",
+                          spec=cell.to_dict(), seeds=list(cell.seeds),
+                          config_hash=cell.config_hash, started=0.0, finished=1.0)
+
+    summary = run_study(validate_config(scheduling_study()), tmp_path, run_cell=record_order,
+                        show_progress=False)
+    assert summary.done == 4
+    assert started[0] == ("large", "tcls") and started[-1] == ("g", "att")

@@ -439,3 +439,63 @@ def test_each_pooling_learns_digits_presence(pooling: str, digits: SetDataset) -
                 **TRAINING_OVERRIDES.get(pooling, {})}
     result = fit(spec, digits, TrainSpec(**settings))
     assert accuracy(result.model, digits.test) >= 0.85
+
+
+# --- ensemble strategy -------------------------------------------------------------------------
+
+def test_sequential_members_are_exactly_lone_fits(gaussian: SetDataset) -> None:
+    seeds = [3, 4]
+    spec = TrainSpec(epochs=10, batch_size=16, lr=1e-2, patience=3, ensemble="sequential")
+    seen: list[EpochStats] = []
+    result = fit_ensemble(MODEL, gaussian, spec, seeds=seeds, progress=seen.append)
+    assert result.ensemble.seeds == seeds
+    assert sorted({s.member for s in seen}) == [0, 1]
+    for k, seed in enumerate(seeds):
+        alone = fit(MODEL, gaussian, dataclasses.replace(spec, seed=seed))
+        assert result.histories[k].val_loss == alone.history.val_loss
+        assert result.histories[k].best_epoch == alone.history.best_epoch
+        assert torch.equal(logits_on(result.ensemble.members()[k], gaussian.test),
+                           logits_on(alone.model, gaussian.test))
+    # Forcing the other strategy (the argument overrides the spec) gives the same members
+    # within the tolerance of the vectorised pass.
+    vectorised = fit_ensemble(MODEL, gaussian, spec, seeds=seeds, strategy="vectorised")
+    for ours, theirs in zip(vectorised.ensemble.members(), result.ensemble.members(),
+                            strict=True):
+        torch.testing.assert_close(logits_on(ours, gaussian.test),
+                                   logits_on(theirs, gaussian.test), rtol=0, atol=1e-4)
+
+
+def test_auto_strategy_vectorises_only_small_steps(gaussian: SetDataset,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from attnsets.models.encoders import MLPEncoder
+    from attnsets.training.ensemble import VECTORISE_MAX_MACS, resolve_strategy, step_macs
+
+    small = step_macs(MODEL, gaussian, 16)
+    # d = 8 -> hidden 32 -> 16: 768 MACs per instance, 16 bags of the mean training size.
+    assert small == pytest.approx(16 * float(np.mean(gaussian.train.sizes)) * 768)
+    assert resolve_strategy(MODEL, gaussian, QUICK) == "vectorised"
+    wide = ModelSpec(embed_dim=16, encoder_params={"hidden": 512})
+    wide_spec = dataclasses.replace(QUICK, batch_size=64)
+    assert step_macs(wide, gaussian, 64) > VECTORISE_MAX_MACS
+    assert resolve_strategy(wide, gaussian, wide_spec) == "sequential"
+    assert resolve_strategy(wide, gaussian, wide_spec, "vectorised") == "vectorised"
+    # An encoder class may declare its strategy; "auto" then follows it.
+    monkeypatch.setattr(MLPEncoder, "ensemble_strategy", "sequential", raising=False)
+    assert resolve_strategy(MODEL, gaussian, QUICK) == "sequential"
+    monkeypatch.setattr(MLPEncoder, "ensemble_strategy", "sideways", raising=False)
+    with pytest.raises(SpecError, match="ensemble_strategy"):
+        resolve_strategy(MODEL, gaussian, QUICK)
+
+
+def test_ensemble_strategy_is_validated(gaussian: SetDataset) -> None:
+    with pytest.raises(SpecError, match="ensemble"):
+        TrainSpec(ensemble="parallel")
+    assert TrainSpec.from_dict({"ensemble": "sequential"}).ensemble == "sequential"
+    with pytest.raises(SpecError, match="strategy"):
+        fit_ensemble(MODEL, gaussian, QUICK, n_members=2, strategy="parallel")
+
+
+def test_diverging_sequential_member_is_named(gaussian: SetDataset) -> None:
+    with pytest.raises(TrainingDivergedError, match=r"ensemble member 0 \(seed 0\).*epoch 0"):
+        fit_ensemble(MODEL, gaussian, TrainSpec(epochs=2, lr=1e6, ensemble="sequential"),
+                     n_members=2)

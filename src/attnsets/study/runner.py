@@ -1,4 +1,11 @@
-"""Run a study: expand cells, skip finished ones on --resume, execute, store, summarise."""
+"""Run a study: expand cells, skip finished ones on --resume, order them most expensive first,
+execute, store, summarise.
+
+Expensive first: with several workers a study that runs its heaviest cells last ends with one
+worker busy and the others idle, so cells start in decreasing estimated cost (estimated_cost;
+rescaled per pooling by the timings of cells already finished in the store when resuming).
+Records are per cell, so the order changes only when each finishes, never what it computes.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +13,10 @@ import json
 import logging
 import os
 import platform
+import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +61,81 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
+#: Poolings whose every pass attends instance to instance: a pass over a bag of N costs
+#: ~N^2 on top of the encoder's ~N, and the perturbation explainers (N sub-bags) ~N^3.
+SELF_ATTENTION = frozenset({"transformer_cls", "set_transformer"})
+#: Self-attention term: a pass costs N * (1 + N / SELF_ATTENTION_WIDTH) encoder units (the
+#: pairwise term overtakes the per-instance encoder at about the embedding width).
+SELF_ATTENTION_WIDTH = 32.0
+#: Head (pooling) evaluations per test bag and member, as a function of its size N, for the
+#: perturbation explainers (which re-run only the head on sub-bags) ...
+HEAD_PASSES: dict[str, Callable[[float], float]] = {
+    "leave_one_out": lambda n: n + 1, "single": lambda n: n,
+    "shapley": lambda n: 25 * (n + 1)}
+#: ... and full passes (forward + backward counts 3) for the gradient explainers; every other
+#: explainer (attention maps, random) costs about one forward pass.
+FULL_PASSES = {"gradient": 3.0, "grad_x_input": 3.0, "integrated_gradients": 100.0}
+#: A head pass costs this share of a full pass when the pooling is not self-attention (the
+#: encoder, which perturbation passes skip, dominates there).
+CHEAP_HEAD = 0.25
+
+
+def _mean_bag_size(bag_size: Mapping[str, Any]) -> float:
+    from attnsets.data.spec import SizeSpec
+
+    size = SizeSpec(**dict(bag_size))
+    if size.kind == "uniform":
+        return (size.low + size.high) / 2
+    return max(float(size.mean), float(size.min))
+
+
+def estimated_cost(spec: Mapping[str, Any]) -> float:
+    """Relative cost of a cell from its stored spec (Cell.to_dict()): training (members x epochs
+    x bags x passes over a bag) plus assessment (members x test bags x each explainer's passes,
+    deletion curves included: 11 head passes per explainer and 10 random orders per member).
+    Units are arbitrary; only the order matters, and measured timings rescale it (schedule)."""
+    from attnsets.training import TrainSpec
+
+    dataset = spec["dataset"]
+    bags = {"train": 200, "val": 100, "test": 100, **dict(dataset.get("bags") or {})}
+    n = _mean_bag_size(dataset.get("bag_size") or {})  # {}: SizeSpec's defaults, as DatasetSpec
+    self_attention = spec["model"].get("pooling") in SELF_ATTENTION
+    full = n * (1 + n / SELF_ATTENTION_WIDTH) if self_attention else n
+    head = full if self_attention else CHEAP_HEAD * full
+    members = len(spec["seeds"])
+    epochs = int((spec.get("training") or {}).get("epochs", TrainSpec().epochs))
+    train = members * epochs * (bags["train"] + bags["val"]) * 3 * full
+    steps = 11  # deletion_steps + 1 head passes per curve
+    per_bag = 10 * steps * head  # the random-order deletion curves, once per member
+    for name in spec["explainers"]:
+        per_bag += steps * head
+        if name in HEAD_PASSES:
+            per_bag += HEAD_PASSES[name](n) * head
+        else:
+            per_bag += FULL_PASSES.get(name, 1.0) * full
+    return float(train + members * bags["test"] * per_bag)
+
+
+def schedule(cells: Sequence[Cell], finished: Iterable[Mapping[str, Any]] = ()) -> list[Cell]:
+    """`cells` in decreasing estimated cost (ties keep their order). finished: store records
+    of done cells (spec, seconds); their seconds / estimate, per pooling (else over all of
+    them), rescales the estimates, so a resumed study orders by what cells really took."""
+    ratios: dict[str, list[float]] = {}
+    for record in finished:
+        cost = estimated_cost(record["spec"])
+        if record.get("seconds") and cost > 0:
+            pooling = str(record["spec"]["model"].get("pooling"))
+            ratios.setdefault(pooling, []).append(float(record["seconds"]) / cost)
+    overall = statistics.median([r for rs in ratios.values() for r in rs]) if ratios else 1.0
+    scale = {pooling: statistics.median(rs) for pooling, rs in ratios.items()}
+
+    def cost(cell: Cell) -> float:
+        spec = cell.to_dict(with_id=False)
+        return estimated_cost(spec) * scale.get(str(spec["model"].get("pooling")), overall)
+
+    return sorted(cells, key=cost, reverse=True)
+
+
 def cell_label(cell: Cell) -> str:
     variant = f" [{cell.variant}]" if cell.variant else ""
     return f"{cell.dataset_name} x {cell.model_name} seed {cell.replicate}{variant}"
@@ -95,7 +178,8 @@ def run_study(config: StudyConfig, out: str | Path, *, workers: int = 1, executo
                 f"{out} already holds {len(existing)} result(s); pass --resume to finish the "
                 "missing cells, or choose another --out")
         done = store.cell_ids("done")
-        todo = [c for c in cells if c.cell_id not in done]
+        finished = [r for r in store.records() if r["status"] == "done"] if done else []
+        todo = schedule([c for c in cells if c.cell_id not in done], finished)
         summary = StudySummary(total=len(cells), skipped=len(cells) - len(todo))
         _write_json_atomic(out / CONFIG_NAME, config.raw)
         log = _logger(out)

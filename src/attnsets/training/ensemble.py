@@ -13,11 +13,20 @@ Members must not update buffers while training (e.g. BatchNorm running statistic
 cannot write them back.
 Device: as fit, the pass runs on ``TrainSpec.device``; members are initialised on the CPU and
 moved, batch losses and the best states stay on the device, and losses are read once per epoch.
+
+Strategy. Vectorising pays where a training step is dominated by per-operator overhead (small
+matrices: the mlp encoder on small bags); it loses where the encoder is compute bound and vmap
+has no faster batched kernel (conv2d becomes a grouped convolution, slower on the CPU than the
+members one after another). ``TrainSpec.ensemble`` (or the ``strategy`` argument) forces
+"vectorised" or "sequential" (one ``fit`` per member: bit-identical to a lone fit); "auto" asks
+the encoder class for an ``ensemble_strategy`` attribute and otherwise vectorises only small
+steps (VECTORISE_MAX_MACS, measured by benchmarks/bench_ensemble_strategy.py).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -31,9 +40,18 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from attnsets.data.generate import SetDataset
 from attnsets.device import deterministic, resolve_device, seeded, to_device
-from attnsets.errors import SpecError
-from attnsets.models.base import InputInfo, ModelSpec, SetModel, SetOutput, build_model
+from attnsets.errors import SpecError, TrainingDivergedError
+from attnsets.models.base import (
+    DEFAULT_ENCODER,
+    ENCODERS,
+    InputInfo,
+    ModelSpec,
+    SetModel,
+    SetOutput,
+    build_model,
+)
 from attnsets.training.fit import (
+    ENSEMBLE_STRATEGIES,
     EpochStats,
     History,
     PaddedSplit,
@@ -45,6 +63,7 @@ from attnsets.training.fit import (
     diverged_error,
     eval_chunks,
     first_diverged,
+    fit,
     input_info,
     loss_terms,
     make_optimizer,
@@ -52,6 +71,16 @@ from attnsets.training.fit import (
 )
 
 Tensors = dict[str, torch.Tensor]
+
+#: "auto" vectorises when one member's encoder step is at most this many multiply-accumulates
+#: (step_macs), and trains the members one after another above. Measured on one CPU thread,
+#: 5 members, the demo/paper datasets (benchmarks/bench_ensemble_strategy.py, docs/benchmarks.md):
+#: vectorised per member vs fit was 1.8-2.6x at 0.5-1 M MACs (mlp, bags of 20), 1.4-1.9x at
+#: 1.8-3.7 M (cnn [8, 16] k3 on digits), 1.0x at 5 M and 0.88x at 10 M (mlp, bags of 200),
+#: 0.98x at 69 M and 0.57x at 138 M (cnn [20, 50] k5). Small steps are overhead-bound, which
+#: vmap amortises over members; large ones are compute or memory bound, where the stacked
+#: kernels (a grouped convolution for conv2d, bmm over large activations) are no faster.
+VECTORISE_MAX_MACS = 4e6
 
 
 class Ensemble(nn.Module):
@@ -115,7 +144,8 @@ class Ensemble(nn.Module):
 @dataclass
 class EnsembleResult:
     """The trained ensemble (each member in its best validation state) and one History per
-    member (member k's wall_time is that of the whole shared pass)."""
+    member (member k's wall_time: the whole shared pass when vectorised, its own fit when
+    sequential)."""
 
     ensemble: Ensemble
     histories: list[History]
@@ -196,20 +226,99 @@ def _evaluate_rows(logits_of: Callable[..., torch.Tensor], params: Tensors, buff
 
 def fit_ensemble(model_spec: ModelSpec, dataset: SetDataset, train_spec: TrainSpec | None = None,
                  n_members: int | None = None, seeds: Sequence[int] | None = None, *,
-                 progress: ProgressCallback | None = None) -> EnsembleResult:
-    """Train K members in one vectorised pass; see the module docstring for the equivalence
-    with fit(). Each member early-stops on its own validation loss; the pass ends when all
-    have stopped or the epochs run out. A member whose loss becomes NaN, infinite or exceeds
-    the divergence threshold raises TrainingDivergedError naming the member and its seed (at
-    the end of that epoch). The members of the returned ensemble live on the training device
-    (``train_spec.device``; SpecError at ``train.device`` if this machine lacks it)."""
+                 progress: ProgressCallback | None = None,
+                 strategy: str | None = None) -> EnsembleResult:
+    """Train K members, in one vectorised pass or one after another (``strategy``, default
+    ``train_spec.ensemble``; see the module docstring); either way member k equals
+    ``fit(model_spec, dataset, train_spec with seed=seeds[k])`` up to float rounding (exactly
+    for "sequential"). Each member early-stops on its own validation loss. A member whose loss
+    becomes NaN, infinite or exceeds the divergence threshold raises TrainingDivergedError
+    naming the member and its seed (at the end of that epoch). The members of the returned
+    ensemble live on the training device (``train_spec.device``; SpecError at ``train.device``
+    if this machine lacks it)."""
     spec = check_train_spec(train_spec)
     if not isinstance(model_spec, ModelSpec):
         raise SpecError("model_spec", type(model_spec).__name__, "a ModelSpec")
+    if strategy is not None and strategy not in ENSEMBLE_STRATEGIES:
+        raise SpecError("strategy", strategy, f"one of {list(ENSEMBLE_STRATEGIES)}")
     member_seeds = resolve_seeds(n_members, seeds, spec.seed)
     device = resolve_device(spec.device, "train.device")
-    n = len(member_seeds)
     info = input_info(dataset)
+    chosen = resolve_strategy(model_spec, dataset, spec, strategy or spec.ensemble)
+    if chosen == "sequential":
+        return _fit_sequential(model_spec, dataset, spec, member_seeds, progress)
+    return _fit_vectorised(model_spec, dataset, spec, member_seeds, device, info, progress)
+
+
+def resolve_strategy(model_spec: ModelSpec, dataset: SetDataset, spec: TrainSpec,
+                     strategy: str = "auto") -> str:
+    """"vectorised" or "sequential" for training this model on this data: `strategy` unless it
+    is "auto"; then the encoder class's ``ensemble_strategy`` attribute if it declares one;
+    else "vectorised" when one member's training step is small, step_macs(...) <=
+    VECTORISE_MAX_MACS, and "sequential" above (see VECTORISE_MAX_MACS for the measurements)."""
+    if strategy != "auto":
+        return strategy
+    info = input_info(dataset)
+    name = model_spec.encoder or DEFAULT_ENCODER.get(info.kind)
+    declared = getattr(ENCODERS.get(name, "model.encoder"), "ensemble_strategy", None) \
+        if name is not None else None
+    if declared is not None:
+        if declared not in ("vectorised", "sequential"):
+            raise SpecError(f"{name}.ensemble_strategy", declared,
+                            '"vectorised" or "sequential"')
+        return str(declared)
+    macs = step_macs(model_spec, dataset, spec.batch_size)
+    return "vectorised" if macs <= VECTORISE_MAX_MACS else "sequential"
+
+
+def step_macs(model_spec: ModelSpec, dataset: SetDataset, batch_size: int) -> float:
+    """Multiply-accumulates of one member's encoder forward over one training batch: batch
+    size (at most the training bags) x mean bag size x the encoder's MACs per instance (counted
+    by torch's FlopCounterMode on one training instance)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    train = dataset.train
+    if len(train) == 0 or len(train.instances) == 0:
+        return 0.0
+    model = build_model(model_spec, input_info(dataset), seed=0)
+    instance = torch.from_numpy(np.ascontiguousarray(train.instances[:1]))
+    if instance.dtype == torch.float64:
+        instance = instance.float()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model.encoder(instance)
+    per_instance = counter.get_total_flops() / 2
+    return float(min(batch_size, len(train)) * float(np.mean(train.sizes)) * per_instance)
+
+
+def _fit_sequential(model_spec: ModelSpec, dataset: SetDataset, spec: TrainSpec,
+                    member_seeds: list[int], progress: ProgressCallback | None
+                    ) -> EnsembleResult:
+    """One fit per member: each member and its History are exactly those of a lone fit."""
+    models: list[SetModel] = []
+    histories: list[History] = []
+    for k, seed in enumerate(member_seeds):
+        def member_progress(stats: EpochStats, k: int = k) -> None:
+            assert progress is not None
+            progress(stats._replace(member=k))
+
+        try:
+            fitted = fit(model_spec, dataset, dataclasses.replace(spec, seed=seed),
+                         progress=member_progress if progress is not None else None)
+        except TrainingDivergedError as error:
+            raise TrainingDivergedError(f"ensemble member {k} (seed {seed}): {error}") from error
+        models.append(fitted.model)
+        histories.append(fitted.history)
+    ensemble = Ensemble(models, member_seeds)
+    ensemble.eval()
+    return EnsembleResult(ensemble, histories)
+
+
+def _fit_vectorised(model_spec: ModelSpec, dataset: SetDataset, spec: TrainSpec,
+                    member_seeds: list[int], device: torch.device, info: InputInfo,
+                    progress: ProgressCallback | None) -> EnsembleResult:
+    """All members in one stacked pass under vmap (see the module docstring)."""
+    n = len(member_seeds)
     # Initialised on the CPU (as fit does), so a seed starts from the same weights everywhere.
     models = [build_model(model_spec, info, seed=s).to(device) for s in member_seeds]
     # functional_call swaps the stacked slices into this copy; the members stay untouched.

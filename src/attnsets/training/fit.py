@@ -30,6 +30,8 @@ from attnsets.models.base import InputInfo, ModelSpec, SetModel, build_model
 from attnsets.registry import build_dataclass
 
 ClassWeights = str | Sequence[float] | None
+#: How fit_ensemble may train its members (TrainSpec.ensemble).
+ENSEMBLE_STRATEGIES = ("auto", "vectorised", "sequential")
 
 
 def _is_int(value: Any) -> bool:
@@ -49,7 +51,10 @@ class TrainSpec:
     divergence_threshold: a batch loss above this (or NaN / inf) raises TrainingDivergedError.
     eval_batch_size: bags per validation forward pass. device: where to train, "auto" (CUDA
     when available, else CPU), "cpu", "cuda" or "cuda:N"; checked for syntax here and for
-    availability when training starts (see attnsets.device)."""
+    availability when training starts (see attnsets.device). ensemble: how fit_ensemble trains
+    its members, "vectorised" (one stacked pass under vmap), "sequential" (one fit per member)
+    or "auto" (the measured choice per encoder, see attnsets.training.ensemble); every choice
+    gives the members of a lone fit up to float rounding."""
 
     epochs: int = 50
     batch_size: int = 16
@@ -62,6 +67,7 @@ class TrainSpec:
     divergence_threshold: float = 1e4
     eval_batch_size: int = 256
     device: str = "auto"
+    ensemble: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -95,6 +101,8 @@ class TrainSpec:
             # A tuple keeps the frozen spec hashable.
             object.__setattr__(self, "class_weights", tuple(float(w) for w in weights))
         check_device_string(self.device, "device")
+        if self.ensemble not in ENSEMBLE_STRATEGIES:
+            raise SpecError("ensemble", self.ensemble, f"one of {list(ENSEMBLE_STRATEGIES)}")
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
