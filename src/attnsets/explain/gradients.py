@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from captum.attr import IntegratedGradients
 
 from attnsets.errors import SpecError
 from attnsets.explain.base import ExplainContext, check_positive_int, register_explainer
@@ -101,6 +100,10 @@ def integrated_gradients_scores(context: ExplainContext, n_steps: int = 50, wrt:
     else:  # whole path points (multiples of the batch: Captum's unit), about a fixed size
         steps_per_pass = max(1, IG_INSTANCES_PER_PASS // (width * max(n_bags, 1)))
         internal_batch_size = min(n_steps, steps_per_pass) * max(n_bags, 1)
+    # Imported here: captum (with matplotlib) is about a quarter of a study worker's start-up,
+    # and most cells never run integrated gradients.
+    from captum.attr import IntegratedGradients
+
     point, forward = differentiable_point(context, wrt)
     integrated = IntegratedGradients(forward)
     with torch.enable_grad():
