@@ -16,7 +16,15 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
 from attnsets.report.collect import StudyView
-from attnsets.report.style import BASELINE_COLOUR, SHADE_COLOUR, Palette, new_figure
+from attnsets.report.style import (
+    BASELINE_COLOUR,
+    MISSING_FONT_SIZE,
+    MISSING_TEXT_COLOUR,
+    SHADE_COLOUR,
+    Palette,
+    fitted_legend,
+    new_figure,
+)
 
 CHANCE_AUROC = 0.5
 METRIC_LABELS = {"balanced_accuracy": "balanced accuracy", "accuracy": "accuracy",
@@ -46,8 +54,7 @@ def _model_legend(figure: Figure, models: list[str], palette: Palette, extra: li
                   title: str = "model") -> None:
     handles = [Line2D([], [], linestyle="", marker=palette.marker(m), color=palette.model(m),
                       markersize=7, label=m) for m in models]
-    figure.legend(handles=handles + (extra or []), loc="outside lower center",
-                  ncols=min(len(handles) + len(extra or []), 6), title=title)
+    fitted_legend(figure, handles + (extra or []), title=title)
 
 
 # ------------------------------------------------------------------ 1: silent-failure scatter
@@ -121,8 +128,9 @@ def distribution_figure(study: StudyView, palette: Palette) -> Figure | None:
                 colour = palette.model(model)
                 if values.empty:
                     if study.cells(dataset, model):
-                        ax.text(position, 0.03, "n/a", ha="center", va="bottom", fontsize=7,
-                                color=BASELINE_COLOUR, rotation=90)
+                        ax.text(position, 0.03, "n/a", ha="center", va="bottom",
+                                fontsize=MISSING_FONT_SIZE, fontweight="bold",
+                                color=MISSING_TEXT_COLOUR, rotation=90)
                     continue
                 box = ax.boxplot(values.to_numpy(), positions=[position],
                                  widths=box_width * 0.8, patch_artist=True, showfliers=False,
@@ -246,7 +254,7 @@ def deletion_figure(study: StudyView, palette: Palette) -> Figure | None:
             ax.set_title(f"{dataset} · {model}")
             if not panel:
                 ax.text(0.5, 0.5, "no cells", ha="center", va="center", transform=ax.transAxes,
-                        color=BASELINE_COLOUR)
+                        fontsize=MISSING_FONT_SIZE, fontweight="bold", color=MISSING_TEXT_COLOUR)
                 continue
             for method in [e for e in study.explainers if e in panel]:
                 mean = _nanmean_rows(_stack(panel[method]))
@@ -266,6 +274,5 @@ def deletion_figure(study: StudyView, palette: Palette) -> Figure | None:
     handles = [Line2D([], [], color=palette.explainer(e), linewidth=1.6, label=e)
                for e in explainers_drawn]
     handles.append(Line2D([], [], color="black", linestyle="--", label="random order"))
-    figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6),
-                  title="explainer (removal order)")
+    fitted_legend(figure, handles, title="explainer (removal order)")
     return figure
