@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import math
 import re
@@ -17,6 +18,8 @@ import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.lines import Line2D
 
 from attnsets.errors import SpecError
 from attnsets.metrics import per_bag_auroc
@@ -29,7 +32,7 @@ from attnsets.report.examples import (
     regenerate_test_split,
 )
 from attnsets.report.figures import distribution_figure, silent_failure_figure
-from attnsets.report.style import Palette, report_style
+from attnsets.report.style import Palette, fitted_legend, new_figure, report_style
 from attnsets.report.summary import summary_points
 from attnsets.report.tables import (
     CELL_COLUMNS,
@@ -339,6 +342,8 @@ def test_image_example_bars_show_the_score_order_that_decides_the_bag_auroc(
             assert f"AUROC on this bag {bag_auroc:.2f}" in ax.get_title(loc="left")
         heights.append(drawn_heights)
     assert not np.allclose(heights[0], heights[1])
+    # The scaled bars would make the near-uniform member look decisive: its title says so.
+    assert "nearly uniform" in bar_axes[1].get_title(loc="left")
 
 
 # --------------------------------------------------------------------------- html
@@ -485,6 +490,24 @@ def test_missing_values_are_marked_readably(study_dir: Path, full_report) -> Non
     headline = headline[:headline.index("</table>")]
     assert headline.count('class="na">n/a</td>') >= 3 * 5  # mean rows: importance columns
     assert ">–<" not in headline
+
+
+def test_figure_legends_fit_inside_a_narrow_figure() -> None:
+    """A one-panel figure (3.9 in) with a legend of two models and two reference lines: a
+    legend with one column per entry is wider than the figure and was cut off at both ends."""
+    handles = [Line2D([], [], marker="o", linestyle="", label=name) for name in
+               ("attention", "gated_attention", "silent-failure region", "chance (0.5)")]
+    with report_style():
+        figure = new_figure(3.9, 3.5)
+        figure.subplots()
+        renderer = FigureCanvasAgg(figure).get_renderer()
+        one_row = figure.legend(handles=handles, loc="outside lower center", ncols=4)
+        assert one_row.get_window_extent(renderer).width > figure.bbox.width  # not vacuous
+        one_row.remove()
+        legend = fitted_legend(figure, handles, title="model")
+        figure.savefig(io.BytesIO(), format="png")  # lay out as the report does
+        box = legend.get_window_extent(renderer)
+    assert box.x0 >= 0 and box.x1 <= figure.bbox.width
 
 
 # --------------------------------------------------------------------------- partial stores

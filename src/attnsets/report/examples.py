@@ -40,6 +40,9 @@ MAX_IMAGES = 12
 MAX_SEQUENCES = 16
 #: Most bags pooled into the PCA scatter of vector data.
 MAX_VECTOR_BAGS = 30
+#: A bag's scores whose spread (max - min) is below this share of their mean are called
+#: nearly uniform in the image figure's titles.
+NEAR_UNIFORM = 0.1
 DECOY_COLOUR = "#56B4E9"
 SILENT = "silent failure"
 TIED = "same AUROC as the best"
@@ -179,9 +182,14 @@ def _raw_text(value: float) -> str:
 
 def _raw_range(scores: np.ndarray, n: int) -> str:
     """The raw score range of a bag, with the uniform weight 1/n when the scores are weights."""
-    text = f"raw scores {_raw_text(float(scores.min()))} to {_raw_text(float(scores.max()))}"
+    low, high = float(scores.min()), float(scores.max())
+    text = f"raw scores {_raw_text(low)} to {_raw_text(high)}"
     if _sums_to_one(scores):
         text += f" (uniform weight 1/{n} = {_raw_text(1.0 / n)})"
+    mean = float(np.abs(scores).mean())
+    if mean > 0 and high - low < NEAR_UNIFORM * mean:
+        # Say so: the scaled bars make any spread look full-height.
+        text += f": nearly uniform, spread {(high - low) / mean:.0%} of the mean"
     return text
 
 
