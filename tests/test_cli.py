@@ -23,6 +23,28 @@ def test_datasets_lists_every_registered_modality_and_rule() -> None:
         assert name in result.output
 
 
+def test_datasets_keeps_square_brackets_of_docstrings_and_defaults() -> None:
+    """rich reads "[min_length, max_length]" as a markup tag unless the text is escaped."""
+    import re
+
+    from attnsets.cli import _first_line
+    from attnsets.data import POOLS, RULES
+    from attnsets.registry import describe_parameters
+
+    result = runner.invoke(app, ["datasets"], env={"COLUMNS": "600"})
+    assert result.exit_code == 0, result.output
+    assert "lengths uniform in [min_length, max_length]" in result.output
+    bracketed = 0
+    for registry in (POOLS, RULES):
+        for _, factory in registry.items():
+            texts = [_first_line(factory)] + [f"{p} = {d}" for p, _, d in
+                                              describe_parameters(factory)]
+            for span in (s for text in texts for s in re.findall(r"\[[^\]]*\]", text)):
+                assert span in result.output, span
+                bracketed += 1
+    assert bracketed >= 3  # the check above is not vacuous
+
+
 def test_make_dataset_then_summary(tmp_path: Path) -> None:
     out = tmp_path / "g.npz"
     result = runner.invoke(app, ["make-dataset", str(CONFIGS / "gaussian_presence.toml"),

@@ -4,6 +4,9 @@ against the store, figure consistency, partial stores, atomic writes and a headl
 from __future__ import annotations
 
 import base64
+import html
+import io
+import json
 import math
 import re
 import shutil
@@ -15,13 +18,21 @@ import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.lines import Line2D
 
 from attnsets.errors import SpecError
+from attnsets.metrics import per_bag_auroc
 from attnsets.report import load_study, write_report
 from attnsets.report.build import FIGURE_DIR, REPORT_NAME, TABLE_DIR
-from attnsets.report.examples import choose_example, regenerate_test_split
+from attnsets.report.examples import (
+    _image_figure,
+    _pick_bag,
+    choose_example,
+    regenerate_test_split,
+)
 from attnsets.report.figures import distribution_figure, silent_failure_figure
-from attnsets.report.style import Palette, report_style
+from attnsets.report.style import Palette, fitted_legend, new_figure, report_style
 from attnsets.report.summary import summary_points
 from attnsets.report.tables import (
     CELL_COLUMNS,
@@ -284,6 +295,57 @@ def test_examples_draw_the_scored_instances(study_dir: Path) -> None:
         store.close()
 
 
+def test_image_example_bars_show_the_score_order_that_decides_the_bag_auroc(
+        study_dir: Path) -> None:
+    """Near-uniform attention (every weight about 1/n) gets a per-bag AUROC of 0.00 or 1.00 from
+    differences of a few thousandths. Drawn as raw heights on a 0-based axis, such a member's
+    bars looked just like the other member's; the bars must show the stored order visibly."""
+    study = load_study(study_dir)
+    choice = choose_example(study, [c for c in study.done if c.kind == "image"])
+    assert choice is not None and choice.bad is not None
+    store = ResultsStore(study_dir)
+    try:
+        arrays = store.arrays(choice.cell.cell_id)
+    finally:
+        store.close()
+    split, pool = regenerate_test_split(choice.cell, arrays)
+    key = f"scores/{choice.method}"
+    mask, witnesses = arrays["mask"], arrays["evidence"] > 0
+    sizes = mask.sum(axis=1, keepdims=True)
+    # The bad member: uniform weights, witnesses 0.002 lower (AUROC 0 on every eligible bag),
+    # tiny distinct offsets so that no two scores tie.
+    offsets = 1e-5 * np.arange(mask.shape[1])[None, :]
+    near_uniform = np.where(mask, 1.0 / sizes - 0.002 * witnesses + offsets, 0.0)
+    arrays[key] = arrays[key].copy()
+    arrays[key][choice.bad] = near_uniform / near_uniform.sum(axis=1, keepdims=True)
+    picked = _pick_bag(choice, split, arrays, 12)
+    assert picked is not None
+    b, _, n, _, witness, shown, good_auroc, bad_auroc = picked
+    assert bad_auroc[b] == 0.0 and good_auroc[b] > bad_auroc[b]
+    with report_style():
+        drawn = _image_figure(choice, split, arrays, pool)
+    assert drawn is not None
+    bar_axes = [ax for ax in drawn[0].axes if ax.containers]
+    assert len(bar_axes) == 2
+    heights = []
+    for ax, k, bag_auroc in zip(bar_axes, (choice.good, choice.bad),
+                                (good_auroc[b], bad_auroc[b]), strict=True):
+        drawn_heights = np.array([bar.get_height() for bar in ax.containers[0]])
+        stored = arrays[key][k, b, :n].astype(np.float64)
+        expected = (stored - stored.min()) / (stored.max() - stored.min())
+        np.testing.assert_allclose(drawn_heights, expected[shown], atol=1e-6)
+        low, high = ax.get_ylim()
+        assert np.ptp(drawn_heights) / (high - low) > 0.5, "score differences not visible"
+        if len(shown) == n:  # the drawn heights give the AUROC written above them
+            from_bars = per_bag_auroc(drawn_heights[None], witness[shown][None]).values[0]
+            assert from_bars == pytest.approx(bag_auroc)
+            assert f"AUROC on this bag {bag_auroc:.2f}" in ax.get_title(loc="left")
+        heights.append(drawn_heights)
+    assert not np.allclose(heights[0], heights[1])
+    # The scaled bars would make the near-uniform member look decisive: its title says so.
+    assert "nearly uniform" in bar_axes[1].get_title(loc="left")
+
+
 # --------------------------------------------------------------------------- html
 def test_html_is_self_contained_and_states_the_table_numbers(full_report) -> None:
     report, _ = full_report
@@ -335,22 +397,117 @@ def test_progress_reports_each_stage(full_report) -> None:
         assert stage in messages
 
 
+def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", *args],
+        capture_output=True, text=True, timeout=180, check=False)
+
+
+#: Appended to a test copy of the report (the report itself has no scripts): writes the
+#: viewport width, the page's scroll width and the right edge of every table and figure into
+#: the DOM, which --dump-dom prints after the page has been laid out.
+LAYOUT_PROBE = """<script>
+const boxes = [...document.querySelectorAll("table, figure img")].map((e, i) =>
+  [e.id || (e.closest("figure") || {}).id || e.tagName + i, e.getBoundingClientRect().right]);
+const probe = document.createElement("pre");
+probe.id = "layout-probe";
+probe.textContent = JSON.stringify({viewport: document.documentElement.clientWidth,
+  scroll: document.documentElement.scrollWidth, boxes});
+document.body.appendChild(probe);
+</script>"""
+
+
 def test_report_renders_in_headless_chromium(full_report, tmp_path: Path) -> None:
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not installed at /usr/bin/chromium")
     report, _ = full_report
     shot = tmp_path / "page.png"
-    subprocess.run(
-        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
-         "--window-size=1280,2000", report.resolve().as_uri()],
-        capture_output=True, timeout=180, check=False)
+    chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,2000",
+             report.resolve().as_uri())
     assert shot.is_file(), "chromium wrote no screenshot"
     pixels = matplotlib.image.imread(shot)[..., :3]
     assert pixels.shape[:2] == (2000, 1280)
     assert distinct_colours(pixels) > 20
     assert (pixels.min(axis=-1) < 0.5).mean() > 0.002  # dark text and lines, not all white
+
+
+def test_tables_and_figures_fit_a_1280_px_window(full_report, tmp_path: Path) -> None:
+    """Laid out by chromium at 1280 px: the headline table (and every other table and figure)
+    ends inside the viewport and nothing makes the page scroll sideways."""
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed at /usr/bin/chromium")
+    report, _ = full_report
+    probed = report.parent / "probe.html"  # next to the report: same relative links
+    probed.write_text(report.read_text().replace("</body>", LAYOUT_PROBE + "</body>"))
+    try:
+        result = chromium(tmp_path, "--window-size=1280,2000", "--dump-dom",
+                          probed.resolve().as_uri())
+    finally:
+        probed.unlink()
+    found = re.search(r'<pre id="layout-probe">(.*?)</pre>', result.stdout, re.DOTALL)
+    assert found, result.stderr[-2000:]
+    layout = json.loads(html.unescape(found.group(1)))
+    viewport = layout["viewport"]
+    assert 1200 <= viewport <= 1280  # the window's width, less a scroll bar
+    boxes = dict(layout["boxes"])
+    for name, right in boxes.items():
+        assert right <= viewport, f"{name} ends at {right:.0f} px, viewport {viewport} px"
+    assert layout["scroll"] <= viewport
+    assert {"table-headline", "table-ranking", "table-cells"} <= set(boxes)
+    assert len([name for name in boxes if name.startswith("fig-")]) == len(ALL_FIGURES)
+
+
+def test_headline_page_table_has_one_header_style(full_report) -> None:
+    page = full_report[0].read_text()
+    table = page[page.index('<table id="table-headline">'):]
+    headers = re.findall(r"<th[^>]*>([^<]*)</th>", table[:table.index("</thead>")])
+    assert "bag balanced accuracy" in headers and "silent failures" in headers
+    assert not [h for h in headers if "_" in h], headers
+    assert 'class="scroll"' not in page  # tables fit; no sideways-scrolling boxes
+
+
+def contrast_on_white(colour: str) -> float:
+    """WCAG contrast ratio of `colour` against white (21 = black, 1 = white)."""
+    channels = np.array(matplotlib.colors.to_rgb(colour))
+    linear = np.where(channels <= 0.04045, channels / 12.92, ((channels + 0.055) / 1.055) ** 2.4)
+    return 1.05 / (float(linear @ [0.2126, 0.7152, 0.0722]) + 0.05)
+
+
+def test_missing_values_are_marked_readably(study_dir: Path, full_report) -> None:
+    study = load_study(study_dir)
+    with report_style():
+        figure = distribution_figure(study, Palette.for_names(study.models, study.explainers))
+    assert figure is not None
+    marks = [t for ax in figure.axes for t in ax.texts if t.get_text() == "n/a"]
+    assert len(marks) == 3  # attention on the mean-pooling model of each dataset
+    for mark in marks:
+        assert mark.get_fontsize() >= 9
+        assert contrast_on_white(mark.get_color()) >= 7  # WCAG AAA for text
+    page = full_report[0].read_text()
+    headline = page[page.index('<table id="table-headline">'):]
+    headline = headline[:headline.index("</table>")]
+    assert headline.count('class="na">n/a</td>') >= 3 * 5  # mean rows: importance columns
+    assert ">–<" not in headline
+
+
+def test_figure_legends_fit_inside_a_narrow_figure() -> None:
+    """A one-panel figure (3.9 in) with a legend of two models and two reference lines: a
+    legend with one column per entry is wider than the figure and was cut off at both ends."""
+    handles = [Line2D([], [], marker="o", linestyle="", label=name) for name in
+               ("attention", "gated_attention", "silent-failure region", "chance (0.5)")]
+    with report_style():
+        figure = new_figure(3.9, 3.5)
+        figure.subplots()
+        renderer = FigureCanvasAgg(figure).get_renderer()
+        one_row = figure.legend(handles=handles, loc="outside lower center", ncols=4)
+        assert one_row.get_window_extent(renderer).width > figure.bbox.width  # not vacuous
+        one_row.remove()
+        legend = fitted_legend(figure, handles, title="model")
+        figure.savefig(io.BytesIO(), format="png")  # lay out as the report does
+        box = legend.get_window_extent(renderer)
+    assert box.x0 >= 0 and box.x1 <= figure.bbox.width
 
 
 # --------------------------------------------------------------------------- partial stores

@@ -54,6 +54,8 @@ def _first_line(obj: Any) -> str:
 @app.command()
 def datasets() -> None:
     """List modalities (instance pools) and labelling rules with their parameters."""
+    from rich.markup import escape
+
     from attnsets.data import POOLS, RULES
     from attnsets.registry import describe_parameters
 
@@ -63,8 +65,10 @@ def datasets() -> None:
         table.add_column("description")
         table.add_column("parameters (default)")
         for name, factory in registry.items():
-            params = "\n".join(f"{p} = {d}" for p, _, d in describe_parameters(factory))
-            table.add_row(name, _first_line(factory), params)
+            # Docstrings and defaults are plain text: rich would read "[min_length, max_length]"
+            # or a default such as "[8, 9]" as markup tags and drop them.
+            params = "\n".join(escape(f"{p} = {d}") for p, _, d in describe_parameters(factory))
+            table.add_row(escape(name), escape(_first_line(factory)), params)
         console.print(table)
 
 

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -31,6 +30,7 @@ from attnsets.report.style import (
     OTHER_COLOUR,
     SCORE_CMAP,
     WITNESS_COLOUR,
+    fitted_legend,
     new_figure,
 )
 from attnsets.study.store import ResultsStore
@@ -40,6 +40,9 @@ MAX_IMAGES = 12
 MAX_SEQUENCES = 16
 #: Most bags pooled into the PCA scatter of vector data.
 MAX_VECTOR_BAGS = 30
+#: A bag's scores whose spread (max - min) is below this share of their mean are called
+#: nearly uniform in the image figure's titles.
+NEAR_UNIFORM = 0.1
 DECOY_COLOUR = "#56B4E9"
 SILENT = "silent failure"
 TIED = "same AUROC as the best"
@@ -172,6 +175,24 @@ def _sums_to_one(scores: np.ndarray) -> bool:
     return bool((scores >= 0).all() and abs(float(scores.sum()) - 1.0) < 1e-3)
 
 
+def _raw_text(value: float) -> str:
+    """A raw score short enough to sit on a bar (3 significant digits)."""
+    return f"{value:.3g}"
+
+
+def _raw_range(scores: np.ndarray, n: int) -> str:
+    """The raw score range of a bag, with the uniform weight 1/n when the scores are weights."""
+    low, high = float(scores.min()), float(scores.max())
+    text = f"raw scores {_raw_text(low)} to {_raw_text(high)}"
+    if _sums_to_one(scores):
+        text += f" (uniform weight 1/{n} = {_raw_text(1.0 / n)})"
+    mean = float(np.abs(scores).mean())
+    if mean > 0 and high - low < NEAR_UNIFORM * mean:
+        # Say so: the scaled bars make any spread look full-height.
+        text += f": nearly uniform, spread {(high - low) / mean:.0%} of the mean"
+    return text
+
+
 def _short_metric(name: str) -> str:
     return {"balanced_accuracy": "bal. acc.", "accuracy": "acc."}.get(name, name.replace("_", " "))
 
@@ -229,7 +250,12 @@ def _image_figure(choice: ExampleChoice, split: BagSplit, arrays: dict[str, np.n
     cell_height = min((width - 1.4) / m, 1.3)
     figure = new_figure(width, cell_height + 1.75 * len(roles) + 1.1)
     grid = figure.add_gridspec(1 + len(roles), 1, height_ratios=[cell_height] + [1.75] * len(roles))
-    top = float(scores[[k for k, _ in roles]][:, shown].max()) * 1.08
+    # Bars are min-max scaled within the bag, like the sequence and vector figures: the
+    # importance AUROC depends only on the order of the scores, and near-uniform attention
+    # (all weights close to 1/n) decides a per-bag AUROC of 1.00 or 0.00 by differences of a
+    # few thousandths, which are invisible as raw bar heights on a 0-based axis. The raw
+    # values are written on the bars and their range in each member's title.
+    scaled = normalise_per_bag(scores, method="minmax")
     ax_img = figure.add_subplot(grid[0])
     images = bag.instances[shown]
     for i, image in enumerate(images):
@@ -243,31 +269,31 @@ def _image_figure(choice: ExampleChoice, split: BagSplit, arrays: dict[str, np.n
     ax_img.set_ylim(-0.08, 1.08)
     ax_img.axis("off")
     names = list(getattr(pool, "concept_names", []))
+    colours = np.where(witness[shown], WITNESS_COLOUR, OTHER_COLOUR)
     for r, (k, role) in enumerate(roles):
         ax = figure.add_subplot(grid[1 + r])
         bag_value = (good_auroc if k == choice.good else bad_auroc)[b]
-        values = scores[k, shown]
-        ax.bar(np.arange(m), values, width=0.7,
-               color=np.where(witness[shown], WITNESS_COLOUR, OTHER_COLOUR))
-        if _sums_to_one(scores[k]):
-            ax.axhline(1.0 / n, color="black", linestyle="--", linewidth=0.9)
+        # The edge keeps a zero-height bar (the bag's lowest score) visible as a coloured line.
+        bars = ax.bar(np.arange(m), scaled[k, shown], width=0.7, color=colours,
+                      edgecolor=colours, linewidth=1.5)
+        ax.bar_label(bars, labels=[_raw_text(v) for v in scores[k, shown]], fontsize=7.5,
+                     padding=2)
         ax.set_xlim(-0.5, m - 0.5)
-        if top > 0:
-            ax.set_ylim(min(0.0, float(scores[k, shown].min()) * 1.08), top)
-        ax.set_ylabel(f"{choice.method}\nscore")
-        ax.set_title(_member_title(choice, k, role, bag_value), loc="left", fontsize=9)
+        ax.set_ylim(0.0, 1.22)  # room for the value labels above the tallest bar
+        ax.set_yticks([0.0, 0.5, 1.0], ["min", "", "max"])
+        ax.set_ylabel(f"{choice.method}\n(min–max in bag)")
+        title = _member_title(choice, k, role, bag_value) + "\n" + _raw_range(scores[k], n)
+        ax.set_title(title, loc="left", fontsize=9)
         ax.grid(axis="x", visible=False)
         concepts = bag.concepts[shown]
         labels = [names[c] if c < len(names) else str(c) for c in concepts.tolist()]
         ax.set_xticks(np.arange(m), labels if r == len(roles) - 1 else [])
-    ax.set_xlabel("concept of each instance (witnesses outlined above, orange bars)")
+    ax.set_xlabel("concept of each instance (witnesses outlined above, orange bars); "
+                  "numbers on the bars: raw scores")
     figure.suptitle(_suptitle(choice, b, int(bag.label), names), fontsize=10)
     handles = [Patch(color=WITNESS_COLOUR, label="witness (supports the label)"),
                Patch(color=OTHER_COLOUR, label="other instance")]
-    if _sums_to_one(scores[choice.good]):
-        handles.append(Line2D([], [], color="black", linestyle="--",
-                              label=f"uniform weight 1/{n}"))
-    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles))
+    fitted_legend(figure, handles)
     shown_text = f"{m} of {n} instances shown" if m < n else f"all {n} instances"
     return figure, shown_text
 
@@ -346,7 +372,7 @@ def _sequence_figure(choice: ExampleChoice, split: BagSplit, arrays: dict[str, n
     figure.suptitle(_suptitle(choice, b, int(bag.label), None), fontsize=10)
     handles = [Patch(color=WITNESS_COLOUR, alpha=0.45, label="motif of a witness"),
                Patch(color=DECOY_COLOUR, alpha=0.45, label="other motif (not a witness)")]
-    figure.legend(handles=handles, loc="outside lower right", ncols=2)
+    fitted_legend(figure, handles, loc="outside lower right", max_cols=2)
     shown_text = f"{m} of {n} sequences shown" if m < n else f"all {n} sequences"
     return figure, shown_text
 

@@ -16,9 +16,20 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
 from attnsets.report.collect import StudyView
-from attnsets.report.style import BASELINE_COLOUR, SHADE_COLOUR, Palette, new_figure
+from attnsets.report.style import (
+    BASELINE_COLOUR,
+    MISSING_FONT_SIZE,
+    MISSING_TEXT_COLOUR,
+    SHADE_COLOUR,
+    Palette,
+    fitted_legend,
+    new_figure,
+)
 
 CHANCE_AUROC = 0.5
+#: Widest figure (inches) shown at full size in the report page (body 1180 px at 130 dpi);
+#: wider figures are scaled down there and their text becomes small.
+PAGE_WIDTH_IN = 9.2
 METRIC_LABELS = {"balanced_accuracy": "balanced accuracy", "accuracy": "accuracy",
                  "auroc": "AUROC", "auprc": "AUPRC", "log_loss": "log loss"}
 
@@ -46,8 +57,7 @@ def _model_legend(figure: Figure, models: list[str], palette: Palette, extra: li
                   title: str = "model") -> None:
     handles = [Line2D([], [], linestyle="", marker=palette.marker(m), color=palette.model(m),
                       markersize=7, label=m) for m in models]
-    figure.legend(handles=handles + (extra or []), loc="outside lower center",
-                  ncols=min(len(handles) + len(extra or []), 6), title=title)
+    fitted_legend(figure, handles + (extra or []), title=title)
 
 
 # ------------------------------------------------------------------ 1: silent-failure scatter
@@ -59,7 +69,7 @@ def silent_failure_figure(study: StudyView, palette: Palette) -> Figure | None:
     if method is None or data.empty:
         return None
     panels = [d for d in study.datasets if d in set(data["dataset"])]
-    n_cols = min(3, len(panels))
+    n_cols = min(int(PAGE_WIDTH_IN // 3.9), len(panels))
     figure = new_figure(3.9 * n_cols, 3.5 * math.ceil(len(panels) / n_cols) + 0.7)
     criteria = study.done[0].criteria
     for ax, dataset in zip(_grid(figure, len(panels), n_cols), panels, strict=True):
@@ -107,8 +117,8 @@ def distribution_figure(study: StudyView, palette: Palette) -> Figure | None:
     panels = [d for d in study.datasets if d in set(data["dataset"])]
     explainers = [e for e in study.explainers if e in set(data["explainer"])]
     models = [m for m in study.models if m in set(data["model"])]
-    width = max(5.0, 0.42 * len(explainers) * len(models) + 1.8)
-    n_cols = 1 if width > 7.5 else min(2, len(panels))
+    width = max(4.5, 0.34 * len(explainers) * len(models) + 1.8)
+    n_cols = 1 if 2 * width > PAGE_WIDTH_IN else min(2, len(panels))
     figure = new_figure(width * n_cols, 3.4 * math.ceil(len(panels) / n_cols) + 0.7)
     box_width = 0.8 / len(models)
     rng = np.random.default_rng(0)  # jitter only; fixed so the figure is reproducible
@@ -121,8 +131,9 @@ def distribution_figure(study: StudyView, palette: Palette) -> Figure | None:
                 colour = palette.model(model)
                 if values.empty:
                     if study.cells(dataset, model):
-                        ax.text(position, 0.03, "n/a", ha="center", va="bottom", fontsize=7,
-                                color=BASELINE_COLOUR, rotation=90)
+                        ax.text(position, 0.03, "n/a", ha="center", va="bottom",
+                                fontsize=MISSING_FONT_SIZE, fontweight="bold",
+                                color=MISSING_TEXT_COLOUR, rotation=90)
                     continue
                 box = ax.boxplot(values.to_numpy(), positions=[position],
                                  widths=box_width * 0.8, patch_artist=True, showfliers=False,
@@ -164,15 +175,20 @@ def ensemble_figure(study: StudyView, curves: pd.DataFrame, palette: Palette) ->
         sub = data[data["dataset"] == dataset]
         threshold = float(sub["threshold"].dropna().iloc[0]) if sub["threshold"].notna().any() \
             else math.nan
-        for model in study.models:
+        drawn = [m for m in study.models if (sub["model"] == m).any()]
+        for order, model in enumerate(drawn):
             line = sub[sub["model"] == model].sort_values("k")
-            if line.empty:
-                continue
             colour, marker = palette.model(model), palette.marker(model)
+            # Models often share a curve (P(fail) = 0 for all): earlier models get larger
+            # markers and wider lines, so that the later ones drawn on top leave them visible.
+            size = 5.0 + 2.5 * (len(drawn) - 1 - order)
+            width = 1.5 + 1.2 * (len(drawn) - 1 - order)
             ax_auc.fill_between(line["k"], line["auroc_q05"], line["auroc_q95"], color=colour,
                                 alpha=0.18, linewidth=0)
-            ax_auc.plot(line["k"], line["auroc_mean"], color=colour, marker=marker, markersize=5)
-            ax_fail.plot(line["k"], line["p_fail"], color=colour, marker=marker, markersize=5)
+            ax_auc.plot(line["k"], line["auroc_mean"], color=colour, marker=marker,
+                        markersize=size, linewidth=width)
+            ax_fail.plot(line["k"], line["p_fail"], color=colour, marker=marker,
+                         markersize=size, linewidth=width, clip_on=False)
         ax_auc.axhline(CHANCE_AUROC, color=BASELINE_COLOUR, linestyle=":", linewidth=1)
         if not math.isnan(threshold):
             ax_auc.axhline(threshold, color=SHADE_COLOUR, linestyle="--", linewidth=0.9)
@@ -246,7 +262,7 @@ def deletion_figure(study: StudyView, palette: Palette) -> Figure | None:
             ax.set_title(f"{dataset} · {model}")
             if not panel:
                 ax.text(0.5, 0.5, "no cells", ha="center", va="center", transform=ax.transAxes,
-                        color=BASELINE_COLOUR)
+                        fontsize=MISSING_FONT_SIZE, fontweight="bold", color=MISSING_TEXT_COLOUR)
                 continue
             for method in [e for e in study.explainers if e in panel]:
                 mean = _nanmean_rows(_stack(panel[method]))
@@ -266,6 +282,5 @@ def deletion_figure(study: StudyView, palette: Palette) -> Figure | None:
     handles = [Line2D([], [], color=palette.explainer(e), linewidth=1.6, label=e)
                for e in explainers_drawn]
     handles.append(Line2D([], [], color="black", linestyle="--", label="random order"))
-    figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6),
-                  title="explainer (removal order)")
+    fitted_legend(figure, handles, title="explainer (removal order)")
     return figure

@@ -25,14 +25,17 @@ nav a { margin-right: 1em; color: #0072B2; text-decoration: none; }
 .summary li { margin: 0.35em 0; }
 .missing { background: #fff6e5; border-left: 4px solid #E69F00; padding: 0.4em 1em; }
 .ok { background: #eef8f3; border-left: 4px solid #009E73; padding: 0.4em 1em; }
-.scroll { overflow-x: auto; }
-table { border-collapse: collapse; font-size: 0.84em; margin: 0.6em 0; }
+/* Tables do not run past the page: headers and cells wrap at spaces (a number and its CI are
+   separate words), so no scroll container is needed; the browser test measures this. */
+table { border-collapse: collapse; font-size: 0.84em; margin: 0.6em 0; max-width: 100%; }
 th, td { border: 1px solid #d5d9de; padding: 0.25em 0.55em; text-align: right;
-         white-space: nowrap; }
-th { background: #eef2f6; position: sticky; top: 0; }
-td.text, th.text { text-align: left; }
+         white-space: pre-line; vertical-align: top; }
+th { background: #eef2f6; vertical-align: bottom; overflow-wrap: break-word; }
+td.text, th.text { text-align: left; overflow-wrap: break-word; }
+td.note { min-width: 9em; }
 tr:nth-child(even) td { background: #fafbfc; }
 td.warn { background: #fde3d6 !important; font-weight: 600; }
+td.na { color: #1d1d1d; font-weight: 600; font-style: italic; }
 figure { margin: 1.4em 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid #e3e6ea; }
 figcaption { font-size: 0.9em; color: #333; margin-top: 0.4em; }
@@ -50,18 +53,36 @@ class TableBlock:
     display: pd.DataFrame
     files: list[str]
     warn: dict[str, str] = field(default_factory=dict)  # column -> column of a bool flag
+    wrap: set[str] = field(default_factory=set)  # free-text columns given a minimum width
+    #: Left-aligned text columns; None: every column that is not numeric. Cells that fold
+    #: several numbers into one string are still numbers and stay right-aligned.
+    text: set[str] | None = None
+
+
+#: How a missing or not-applicable value is shown in the page's tables (the Markdown and the
+#: summary keep fmt's "–"): a word in the body colour reads better than a thin grey dash.
+MISSING_MARK = "n/a"
+#: Short words written in capitals in column headers.
+ACRONYMS = {"auroc": "AUROC", "auprc": "AUPRC", "aopc": "AOPC", "ci": "CI", "id": "id"}
 
 
 def _escape(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
+def header_text(column: str) -> str:
+    """One column style in the page: "mean_auroc" -> "mean AUROC"; prose stays as it is."""
+    return " ".join(ACRONYMS.get(word, word) for word in str(column).split("_"))
+
+
 def render_table(block: TableBlock) -> str:
     frame = block.display
     if frame.empty:
         return "<p><em>No rows.</em></p>"
-    text_columns = {c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])}
-    head = "".join(f'<th class="{"text" if c in text_columns else ""}">{_escape(c)}</th>'
+    text_columns = block.text if block.text is not None else \
+        {c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])}
+    head = "".join(f'<th class="{"text" if c in text_columns else ""}">'
+                   f"{_escape(header_text(c))}</th>"
                    for c in frame.columns if not str(c).startswith("_"))
     rows = []
     for _, record in frame.iterrows():
@@ -69,15 +90,20 @@ def render_table(block: TableBlock) -> str:
         for column in frame.columns:
             if str(column).startswith("_"):
                 continue
+            text = fmt(record[column], str(column))
             classes = ["text"] if column in text_columns else []
+            if column in block.wrap:
+                classes.append("note")
+            if text == fmt(None):
+                text = MISSING_MARK
+                classes.append("na")
             flag = block.warn.get(str(column))
             if flag and bool(record.get(flag, False)):
                 classes.append("warn")
-            value = record[column]
-            cells.append(f'<td class="{" ".join(classes)}">{_escape(fmt(value, str(column)))}</td>')
+            cells.append(f'<td class="{" ".join(classes)}">{_escape(text)}</td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return (f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>'
-            + "".join(rows) + "</tbody></table></div>")
+    return (f'<table id="table-{_escape(block.anchor)}"><thead><tr>{head}</tr></thead><tbody>'
+            + "".join(rows) + "</tbody></table>")
 
 
 def _links(paths: list[str]) -> str:

@@ -11,9 +11,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.legend import Legend
 
 #: Okabe & Ito (2008), ordered so that the first colours are the most distinct on white;
 #: yellow last because it is hard to see on a white background.
@@ -28,6 +31,10 @@ BASELINE_COLOUR = "#7F7F7F"
 WITNESS_COLOUR = "#D55E00"
 OTHER_COLOUR = "#BBBBBB"
 SHADE_COLOUR = "#999999"
+#: Text marking a value that is missing or does not apply ("n/a", "no cells"): dark enough to
+#: read on white and on the light shading of the plots (contrast about 12:1).
+MISSING_TEXT_COLOUR = "#333333"
+MISSING_FONT_SIZE = 9.0
 #: Sequential colour map for scores (perceptually uniform and colour-blind safe).
 SCORE_CMAP = "viridis"
 PNG_DPI = 130
@@ -80,6 +87,26 @@ def report_style() -> Iterator[None]:
 
 def new_figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), layout="constrained")
+
+
+def fitted_legend(figure: Figure, handles: list[Any], *, loc: str = "outside lower center",
+                  max_cols: int = 6, **kwargs: Any) -> Legend:
+    """A figure legend with as many columns as fit in the figure's width (at most `max_cols`).
+
+    A legend placed outside the axes does not widen the figure: with too many columns its
+    ends are cut off in the saved image, so the column count is reduced until it fits.
+    """
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    available = figure.bbox.width * 0.98
+    legend = None
+    for ncols in range(max(1, min(max_cols, len(handles))), 0, -1):
+        if legend is not None:
+            legend.remove()
+        legend = figure.legend(handles=handles, loc=loc, ncols=ncols, **kwargs)
+        if legend.get_window_extent(renderer).width <= available:
+            break
+    assert legend is not None  # the loop runs at least once
+    return legend
 
 
 @dataclass(frozen=True)
