@@ -78,6 +78,10 @@ FULL_PASSES = {"gradient": 3.0, "grad_x_input": 3.0, "integrated_gradients": 100
 #: A head pass costs this share of a full pass when the pooling is not self-attention (the
 #: encoder, which perturbation passes skip, dominates there).
 CHEAP_HEAD = 0.25
+#: Encoder cost per instance relative to the vector MLP, by data kind: the mean-pooling cells of
+#: the demo (where the encoder is all the work) took 3.5 s on gaussian bags of ~20, 20 s on
+#: digits bags of ~10 (small CNN) and 38 s on sequence bags of ~20 (seq_cnn), 2026-12-03.
+ENCODER_COST = {"vector": 1.0, "image": 11.0, "sequence": 11.0}
 
 
 def _mean_bag_size(bag_size: Mapping[str, Any]) -> float:
@@ -94,14 +98,19 @@ def estimated_cost(spec: Mapping[str, Any]) -> float:
     x bags x passes over a bag) plus assessment (members x test bags x each explainer's passes,
     deletion curves included: 11 head passes per explainer and 10 random orders per member).
     Units are arbitrary; only the order matters, and measured timings rescale it (schedule)."""
+    from attnsets.data.pools import POOLS
     from attnsets.training import TrainSpec
 
     dataset = spec["dataset"]
     bags = {"train": 200, "val": 100, "test": 100, **dict(dataset.get("bags") or {})}
     n = _mean_bag_size(dataset.get("bag_size") or {})  # {}: SizeSpec's defaults, as DatasetSpec
     self_attention = spec["model"].get("pooling") in SELF_ATTENTION
-    full = n * (1 + n / SELF_ATTENTION_WIDTH) if self_attention else n
-    head = full if self_attention else CHEAP_HEAD * full
+    pool = str((dataset.get("pool") or {}).get("name", ""))
+    encoder = ENCODER_COST.get(str(getattr(POOLS.get(pool), "kind", "vector"))
+                               if pool in POOLS else "vector", 1.0)
+    # A full pass encodes every instance, then pools them (pairwise on self-attention).
+    full = n * (encoder + n / SELF_ATTENTION_WIDTH) if self_attention else n * encoder
+    head = n * (1 + n / SELF_ATTENTION_WIDTH) if self_attention else CHEAP_HEAD * n
     members = len(spec["seeds"])
     epochs = int((spec.get("training") or {}).get("epochs", TrainSpec().epochs))
     train = members * epochs * (bags["train"] + bags["val"]) * 3 * full
