@@ -41,6 +41,13 @@ def _init_uniform(tensor: torch.Tensor, fan_in: int) -> torch.Tensor:
     return nn.init.uniform_(tensor, -bound, bound)
 
 
+def widest_linear(module: nn.Module) -> int:
+    """The widest input or output of the module's Linear layers (1 if it has none): a
+    per-instance pooling's largest intermediate per instance."""
+    return max([1, *(max(m.in_features, m.out_features) for m in module.modules()
+                     if isinstance(m, nn.Linear))])
+
+
 @POOLINGS.register("mean")
 class MeanPooling(nn.Module):
     """Baseline: z = mean of the real h_i; logits = W z. No attention."""
@@ -106,10 +113,8 @@ class SoftmaxAttentionPooling(nn.Module):
         return self._pool(h, mask)[2]
 
     def intermediate_floats(self, n: int) -> int:
-        """Largest intermediate per bag: the (N, D) embeddings or the scorer's hidden layer."""
-        widths = [max(m.in_features, m.out_features) for m in self.modules()
-                  if isinstance(m, nn.Linear)]
-        return n * max([1, *widths])
+        """Largest intermediate per bag: the (N, D) embeddings or a hidden layer."""
+        return widest_linear(self) * n
 
 
 @POOLINGS.register("attention")
@@ -246,10 +251,8 @@ class AdditivePooling(nn.Module):
         return self._pool(h, mask)[2]
 
     def intermediate_floats(self, n: int) -> int:
-        """Largest intermediate per bag: (N, D) embeddings or a hidden layer of width A."""
-        widths = [max(m.in_features, m.out_features) for m in self.modules()
-                  if isinstance(m, nn.Linear)]
-        return n * max([1, *widths])
+        """Largest intermediate per bag: the (N, D) embeddings or a hidden layer."""
+        return widest_linear(self) * n
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> SetOutput:
         attention, contributions, logits = self._pool(h, mask)
