@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from attnsets.assess import AssessSpec, assess
 from attnsets.cli import app
 from attnsets.data import DatasetSpec, make_dataset
+from attnsets.errors import SpecError
 from attnsets.models import InputInfo, ModelSpec, SetModel, SetOutput, masked_softmax
 from attnsets.run import RunSpec, execute
 from attnsets.training import TrainSpec
@@ -179,3 +180,39 @@ def test_every_class_scoring_matches_the_hand_computation(dataset) -> None:  # t
                         AssessSpec(explainers=("attention",), bootstrap=0))
     assert label_only.explainers["attention"].all_classes is None
     assert "all_classes" not in label_only.to_dict()
+
+
+def test_a_bag_budget_scores_expensive_explainers_on_a_seeded_subset(dataset) -> None:  # type: ignore[no-untyped-def]
+    """leave_one_out (declared expensive) and every deletion curve see `bag_budget` test bags;
+    attention still sees all. A bag's scores do not depend on the bags beside it, so the budget's
+    metrics equal the full run's metrics restricted to the same bags."""
+    from attnsets.assess import budget_rows, padded_batches
+    from attnsets.metrics import importance_report
+
+    models = [handcrafted(dataset, 1.0), handcrafted(dataset, -1.0)]
+    explainers = ("attention", "leave_one_out")
+    full = assess(models, dataset, AssessSpec(explainers=explainers, bootstrap=0))
+    spec = AssessSpec(explainers=explainers, bootstrap=0, bag_budget=7, random_orders=3)
+    cut = assess(models, dataset, spec)
+    rows = budget_rows(len(dataset.test), 7, spec.seed)
+    assert rows is not None and len(rows) == 7 and list(rows) == sorted(set(rows))
+    assert budget_rows(len(dataset.test), len(dataset.test), 0) is None
+    selected = cut.arrays["explained_bags/leave_one_out"]
+    assert selected.sum() == 7 and "explained_bags/attention" not in cut.arrays
+    scores = full.arrays["scores/leave_one_out"]
+    np.testing.assert_allclose(cut.arrays["scores/leave_one_out"][:, selected],
+                               scores[:, selected], atol=1e-5)
+    assert (cut.arrays["scores/leave_one_out"][:, ~selected] == 0).all()
+    mask = torch.cat([b.mask for b in padded_batches(dataset.test, 128)]).numpy()
+    evidence = full.arrays["evidence"]
+    for k in range(2):
+        expected = importance_report(scores[k][selected], evidence[selected], mask[selected],
+                                     n_boot=0)
+        got = cut.explainers["leave_one_out"].members[k]
+        assert got["auroc"] == pytest.approx(expected["auroc"], abs=1e-6, nan_ok=True)
+        assert got["n_bags"] == 7
+        assert cut.explainers["leave_one_out"].aopc[k].n_bags == 7
+        assert cut.explainers["attention"].aopc[k].n_bags == 7  # deletion curves: the budget
+    assert cut.explainers["attention"].members[0] == full.explainers["attention"].members[0]
+    with pytest.raises(SpecError, match="bag_budget"):
+        AssessSpec(bag_budget=0)

@@ -74,6 +74,10 @@ BAD: list[tuple[str, Edit, str, str]] = [
     ("options of an explainer not chosen",
      lambda raw: raw["study"].update(explainer_options={"shapley": {"n_samples": 3}}),
      "study.explainer_options.shapley", "chosen explainer"),
+    ("study.bag_budget", _set("study", bag_budget=0), "study.bag_budget",
+     "greater than or equal to 1"),
+    ("study.evaluated_classes", _set("study", evaluated_classes="every"),
+     "study.evaluated_classes", "'all'"),
     ("study.mixed_ensembles", _set("study", mixed_ensembles={"both": ["att", "gated"]}),
      "study.mixed_ensembles.both", "model names"),
     ("thresholds.bag_metric", _set("thresholds", bag_metric="acc"), "thresholds.bag_metric",
@@ -139,6 +143,16 @@ def test_the_cli_refuses_before_writing_anything(tmp_path: Path, case: str) -> N
     assert result.exit_code == 2, result.output
     assert field.split(" [")[0] in result.output
     assert not out.exists()
+
+
+def test_budgets_reach_the_cells_and_their_stored_spec() -> None:
+    plain = validate_config(minimal()).cells[0]
+    raw = minimal()
+    raw["study"].update(bag_budget=3, random_orders=2)
+    cell = validate_config(raw).cells[0]
+    assert cell.run_spec.assess is not None and cell.run_spec.assess.bag_budget == 3
+    assert cell.to_dict()["bag_budget"] == 3 and cell.to_dict()["random_orders"] == 2
+    assert "bag_budget" not in plain.to_dict() and cell.cell_id != plain.cell_id
 
 
 def test_a_good_config_still_validates_and_cells_carry_typed_runs() -> None:

@@ -9,6 +9,7 @@ flag. `predict` and `explain_members` are the one place where members are run on
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -70,7 +71,10 @@ class AssessSpec:
     evaluated_classes: "label" scores each bag's explanation for its own label (the headline
     numbers); "all" also explains every bag for every class against that class's signed
     evidence and scores all (bag, class) pairs together, as xMIL and MILLI do
-    (`ExplainerAssessment.all_classes`)."""
+    (`ExplainerAssessment.all_classes`). bag_budget: the explainers that declare themselves
+    expensive (perturbations, integrated gradients) and every deletion curve score at most this
+    many test bags, one seeded random subset per assessment (None = all; the statistical cost
+    is in docs/metrics.md); random_orders: random removal orders of the AOPC reference."""
 
     explainers: tuple[str, ...] = ("attention", "random")
     explainer_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -84,6 +88,8 @@ class AssessSpec:
     seed: int = 0
     device: str | None = None
     evaluated_classes: str = "label"
+    bag_budget: int | None = None
+    random_orders: int = 10
 
     def __post_init__(self) -> None:
         from attnsets.explain import EXPLAINERS
@@ -130,6 +136,9 @@ class AssessSpec:
         _int_at_least("seed", self.seed, 0)
         if self.device is not None:
             check_device_string(self.device, "device")
+        if self.bag_budget is not None:
+            _int_at_least("bag_budget", self.bag_budget, 1)
+        _int_at_least("random_orders", self.random_orders, 1)
         if self.evaluated_classes not in EVALUATED_CLASSES:
             raise SpecError("evaluated_classes", self.evaluated_classes,
                             f"one of {list(EVALUATED_CLASSES)}")
@@ -157,13 +166,14 @@ class AssessSpec:
 
 
 def padded_batches(split: BagSplit, batch_size: int, device: torch.device | None = None,
-                   target: int | None = None) -> list[Batch]:
-    """The split in order as batches of `batch_size` bags, all padded to the split's largest bag
-    so that their (B, N) outputs concatenate; on `device` (default cpu). target: the class the
-    explanations and evidence refer to (None = each bag's label)."""
+                   target: int | None = None, index: np.ndarray | None = None) -> list[Batch]:
+    """The split in order (or its bags `index`) as batches of `batch_size` bags, all padded to
+    the split's largest bag so that their (B, N) outputs concatenate; on `device` (default cpu).
+    target: the class the explanations and evidence refer to (None = each bag's label)."""
     width = int(split.sizes.max())
-    batches = [collate([split[i] for i in range(start, min(start + batch_size, len(split)))],
-                       target=target, pad_to=width) for start in range(0, len(split), batch_size)]
+    order = np.arange(len(split)) if index is None else np.asarray(index)
+    batches = [collate([split[int(i)] for i in order[start:start + batch_size]],
+                       target=target, pad_to=width) for start in range(0, len(order), batch_size)]
     if device is None or device.type == "cpu":
         return batches
     return [b.pin_memory().to(device, non_blocking=True) for b in batches]
@@ -211,11 +221,13 @@ def explain_members(members: Sequence[SetModel], batches: list[Batch], method: s
     return np.stack(out)
 
 
-def _random_curves(model: SetModel, batches: list[Batch], steps: int, seed: int) -> np.ndarray:
+def _random_curves(model: SetModel, batches: list[Batch], steps: int, seed: int,
+                   n_orders: int = 10) -> np.ndarray:
     """(B, steps + 1) mean random-order deletion curve: the same for every explainer of a model,
     so it is computed once per member (on self-attention heads it is most of the AOPC cost)."""
     return np.concatenate([random_deletion_curve(model, b, steps=min(steps, b.x.shape[1]),
-                                                 seed=seed).cpu().numpy() for b in batches])
+                                                 seed=seed, n_orders=n_orders).cpu().numpy()
+                           for b in batches])
 
 
 def _aopc(model: SetModel, batches: list[Batch], scores: np.ndarray, random_curves: np.ndarray,
@@ -258,27 +270,44 @@ class _TestData:
     batch_size: int
     device: torch.device
     n_classes: int
+    index: np.ndarray  # (B,) the split's bags these rows hold
 
     def for_class(self, target: int) -> list[Batch]:
-        """The test split collated for class `target` (scores and evidence refer to it)."""
-        return padded_batches(self.split, self.batch_size, self.device, target)
+        """These bags collated for class `target` (scores and evidence refer to it)."""
+        return padded_batches(self.split, self.batch_size, self.device, target, self.index)
+
+    def subset(self, rows: np.ndarray) -> _TestData:
+        """The same data for the bags at `rows` of this one (e.g. a bag budget's subset)."""
+        return dataclasses.replace(
+            self, batches=padded_batches(self.split, self.batch_size, self.device,
+                                         index=self.index[rows]),
+            labels=self.labels[rows], mask=self.mask[rows], evidence=self.evidence[rows],
+            correct=self.correct[:, rows], index=self.index[rows])
 
 
 def _assess_method(method: str, members: Sequence[SetModel], data: _TestData,
                    member_bag: list[BagMetrics], ensemble_bag: BagMetrics,
-                   random_curves: list[np.ndarray], spec: AssessSpec
-                   ) -> tuple[ExplainerAssessment, np.ndarray]:
-    """One explainer over the members: its typed result and the (K, B, N) scores."""
+                   random_curves: list[np.ndarray], spec: AssessSpec,
+                   budget: np.ndarray | None = None) -> tuple[ExplainerAssessment, np.ndarray]:
+    """One explainer over the members: its typed result and the (K, B', N) scores of the bags
+    it scored. budget: rows of `data` that expensive explainers and deletion curves score."""
+    from attnsets.explain.base import resolve_method
+
     criteria = spec.criteria
+    deletion = data if budget is None else data.subset(budget)
+    if resolve_method(method)[1].expensive:
+        data = deletion
     scores = explain_members(members, data.batches, method, spec.options_for(method), spec.seed)
+    # The deletion curves see the budget's bags: a cheap explainer's scores are cut to them.
+    deletion_scores = scores if data is deletion else scores[:, budget]
     reports = [_table(importance_report(s, data.evidence, data.mask, n_boot=spec.bootstrap,
                                         seed=spec.seed)) for s in scores]
     silent = [is_silent_failure(b.to_dict(), r, criteria)[0]
               for b, r in zip(member_bag, reports, strict=True)]
     misleading = [float(misleading_bags(s, data.evidence, data.mask, c).mean())
                   for s, c in zip(scores, data.correct, strict=True)]
-    aopcs = [_aopc(m, data.batches, s, r, spec.deletion_steps, spec.seed)
-             for m, s, r in zip(members, scores, random_curves, strict=True)]
+    aopcs = [_aopc(m, deletion.batches, s, r, spec.deletion_steps, spec.seed)
+             for m, s, r in zip(members, deletion_scores, random_curves, strict=True)]
     mean = {k: nanmean([r[k] for r in reports]) for k in reports[0]}
     mean["silent_rate"] = float(np.mean(silent))
     mean["misleading_rate"] = float(np.mean(misleading))
@@ -343,23 +372,40 @@ def assess(members: Sequence[SetModel], dataset: SetDataset, spec: AssessSpec | 
     member_bag = [BagMetrics.from_dict(bag_metrics(labels, p)) for p in probs]
     ensemble_bag = BagMetrics.from_dict(bag_metrics(labels, combine_probs(probs)))
     data = _TestData(batches, labels, mask, evidence, probs.argmax(-1) == labels[None, :],
-                     dataset.test, spec.batch_size, device, probs.shape[-1])
+                     dataset.test, spec.batch_size, device, probs.shape[-1],
+                     np.arange(len(labels)))
+    budget = budget_rows(len(labels), spec.bag_budget, spec.seed)
     arrays: dict[str, np.ndarray] = {
         "mask": mask, "evidence": evidence.astype(np.int8), "labels": labels,
         "probs": probs.astype(np.float32),
         "concepts": torch.cat([b.concepts for b in batches]).cpu().numpy()}
-    random_curves = [_random_curves(m, batches, spec.deletion_steps, spec.seed)
-                     for m in members] if methods else []
+    deletion_batches = batches if budget is None else data.subset(budget).batches
+    random_curves = [_random_curves(m, deletion_batches, spec.deletion_steps, spec.seed,
+                                    spec.random_orders) for m in members] if methods else []
     explainers: dict[str, ExplainerAssessment] = {}
     for method in methods:
         explainers[method], scores = _assess_method(method, members, data, member_bag,
-                                                    ensemble_bag, random_curves, spec)
+                                                    ensemble_bag, random_curves, spec, budget)
+        if scores.shape[1] != len(labels):  # scored on the budget's bags: 0 elsewhere
+            full = np.zeros((scores.shape[0], *mask.shape), dtype=np.float32)
+            full[:, budget] = scores
+            scores = full
+            arrays[f"explained_bags/{method}"] = np.isin(np.arange(len(labels)), budget)
         arrays[f"scores/{method}"] = scores.astype(np.float32)
     unit = _unit_test(members, dataset, spec, member_bag, ensemble_bag, device) \
         if dataset.spec.shifted_test else None
     return Assessment(n_members=len(members), criteria=spec.criteria, member_bag=member_bag,
                       ensemble_bag=ensemble_bag, explainers=explainers,
                       not_applicable=not_applicable, unit_test=unit, arrays=arrays)
+
+
+def budget_rows(n_bags: int, budget: int | None, seed: int) -> np.ndarray | None:
+    """Sorted rows of a seeded random subset of `budget` of `n_bags` test bags, or None when the
+    budget covers them all (every bag is scored)."""
+    if budget is None or budget >= n_bags:
+        return None
+    rng = np.random.default_rng([seed, 0xB4D6])  # its own stream: nothing else draws from it
+    return np.sort(rng.choice(n_bags, size=budget, replace=False))
 
 
 def _unit_test(members: Sequence[SetModel], dataset: SetDataset, spec: AssessSpec,

@@ -83,12 +83,16 @@ class Explainer:
     options: the keyword options fn takes (("**",) when it takes any); read from fn's signature.
     takes_seed: fn has a `seed` option (a stochastic method): callers that explain several
     members give member i the seed ``seed + i`` instead of asking for the method by name.
+    expensive: its cost grows much faster than one forward pass (perturbations re-run the head
+    on every sub-bag, integrated gradients runs many passes): an assessment's `bag_budget`
+    limits the test bags it scores.
     """
 
     fn: ExplainFn
     requires: tuple[str, ...] = ()
     check: Callable[[SetModel, SetOutput], str | None] | None = None
     description: str = ""
+    expensive: bool = False
     options: tuple[str, ...] = field(init=False, default=())
     takes_seed: bool = field(init=False, default=False)
 
@@ -117,8 +121,8 @@ EXPLAINERS: Registry[Explainer] = Registry("explainer")
 
 def register_explainer(name: str, *, requires: Sequence[str] = (),
                        check: Callable[[SetModel, SetOutput], str | None] | None = None,
-                       description: str = "", overwrite: bool = False
-                       ) -> Callable[[ExplainFn], ExplainFn]:
+                       description: str = "", overwrite: bool = False,
+                       expensive: bool = False) -> Callable[[ExplainFn], ExplainFn]:
     """Decorator: register ``fn(context, **options) -> (B, N)`` as method `name`.
 
     >>> @register_explainer("feature0")
@@ -127,7 +131,8 @@ def register_explainer(name: str, *, requires: Sequence[str] = (),
     """
 
     def decorator(fn: ExplainFn) -> ExplainFn:
-        explainer = Explainer(fn, tuple(requires), check, description or (fn.__doc__ or ""))
+        explainer = Explainer(fn, tuple(requires), check, description or (fn.__doc__ or ""),
+                              expensive)
         EXPLAINERS.register(name, overwrite=overwrite)(explainer)
         return fn
 

@@ -78,7 +78,7 @@ def grad_x_input_scores(context: ExplainContext, wrt: str = "auto") -> torch.Ten
     return _per_instance(point * grad)
 
 
-@register_explainer("integrated_gradients",
+@register_explainer("integrated_gradients", expensive=True,
                     description="Integrated gradients (Captum) from a zero baseline, summed over "
                                 "features.")
 def integrated_gradients_scores(context: ExplainContext, n_steps: int = 50, wrt: str = "auto",

@@ -174,7 +174,7 @@ def subset_values(context: ExplainContext, n_variants: int, build_masks: MaskBui
     return values.reshape(n_bags, n_variants)
 
 
-@register_explainer("leave_one_out",
+@register_explainer("leave_one_out", expensive=True,
                     description="f(full bag) - f(bag without i); f = p_target or logit.")
 def leave_one_out_scores(context: ExplainContext, output: str = "prob",
                          max_batch: int | None = None, memory_mb: float | None = None
@@ -194,7 +194,7 @@ def leave_one_out_scores(context: ExplainContext, output: str = "prob",
     return values[:, :1] - values[:, 1:]
 
 
-@register_explainer("single", description="f(bag holding only instance i).")
+@register_explainer("single", expensive=True, description="f(bag holding only instance i).")
 def single_scores(context: ExplainContext, output: str = "prob",
                   max_batch: int | None = None, memory_mb: float | None = None
                   ) -> torch.Tensor:
@@ -393,7 +393,7 @@ def exact_shapley(context: ExplainContext, output: str, max_batch: int | None,
 SAMPLERS = {"coalition": coalition_shapley, "permutation": sampled_shapley}
 
 
-@register_explainer("shapley",
+@register_explainer("shapley", expensive=True,
                     description="Shapley values of instance presence (removal through the mask); "
                                 "exact enumeration on small bags, shared-coalition sampling "
                                 "otherwise.")

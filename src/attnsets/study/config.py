@@ -37,6 +37,9 @@ class StudySection(BaseModel):
     explainer_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     combine: str = "mean_normalised"
     evaluated_classes: str = "label"
+    #: Expensive explainers and deletion curves score at most this many test bags per cell.
+    bag_budget: int | None = Field(default=None, ge=1)
+    random_orders: int = Field(default=10, ge=1)
     bootstrap: int = Field(default=200, ge=0)
     curve_subsets: int = Field(default=50, ge=1)
     #: Heterogeneous ensembles scored by the results page from the stored member scores:
@@ -90,6 +93,9 @@ class Cell:
     cell_id: str = field(default="")
     explainer_options: dict[str, Any] = field(default_factory=dict)
     evaluated_classes: str = "label"
+    #: Explainer budgets that differ from the defaults ({"bag_budget": 50, ...}): recorded in
+    #: the cell's spec in the store.
+    budgets: dict[str, Any] = field(default_factory=dict)
     #: The typed run this cell executes, built when the config was validated (not stored: the
     #: fields above are the cell's identity and its record in the store).
     run: RunSpec | None = field(default=None, compare=False, repr=False)
@@ -113,6 +119,7 @@ class Cell:
             data["explainer_options"] = self.explainer_options
         if self.evaluated_classes != "label":
             data["evaluated_classes"] = self.evaluated_classes
+        data.update(self.budgets)
         if with_id:  # the id depends on what the cell computes, not on the rest of the file
             data["cell_id"] = self.cell_id
             data["config_hash"] = self.config_hash
@@ -124,6 +131,7 @@ class Cell:
         for key in ("seeds", "explainers", "ensemble_sizes"):
             data[key] = tuple(data[key])
         data.setdefault("config_hash", "")
+        data["budgets"] = {k: data.pop(k) for k in ("bag_budget", "random_orders") if k in data}
         return Cell(**data)
 
     @property
@@ -278,6 +286,7 @@ def _typed_variant(file: _Sections, variant: str, config_hash: str
         assess_table = {"explainers": study.explainers,
                         "explainer_options": study.explainer_options, "combine": study.combine,
                         "evaluated_classes": study.evaluated_classes,
+                        "bag_budget": study.bag_budget, "random_orders": study.random_orders,
                         "ensemble_sizes": study.ensemble_sizes,
                         "curve_subsets": study.curve_subsets, "bootstrap": study.bootstrap}
         assess_spec = _collect(errors, "study", lambda: AssessSpec.from_dict(
@@ -340,8 +349,16 @@ def _typed_variant(file: _Sections, variant: str, config_hash: str
                     curve_subsets=study.curve_subsets, thresholds=file.thresholds.model_dump(),
                     config_hash=config_hash, explainer_options=dict(study.explainer_options),
                     evaluated_classes=study.evaluated_classes,
+                    budgets=_budgets(study),
                     run=run))
     return cells, errors
+
+
+def _budgets(study: StudySection) -> dict[str, Any]:
+    """The budget settings that differ from their defaults (a cell's id stays the same when
+    none is set)."""
+    defaults = {"bag_budget": None, "random_orders": 10}
+    return {k: getattr(study, k) for k, v in defaults.items() if getattr(study, k) != v}
 
 
 def _model_field(index: int, field: str) -> str:
