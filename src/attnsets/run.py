@@ -259,14 +259,13 @@ def check_model(model: ModelSpec | ModelBuilder, info: InputInfo,
     Fields: ``model...`` for the model, ``assess.explainer_options.<method>...`` for options."""
     from attnsets.data.bags import Batch
     from attnsets.explain import explain
-    from attnsets.explain.base import available_methods, probe_input
+    from attnsets.explain.base import available_methods, dummy_input, resolve_method
     from attnsets.models import build_model
 
     try:
         built = build_model(model, info, seed=0) if isinstance(model, ModelSpec) \
             else build_member(model, info, 0)
-        x, mask = probe_input(built) if getattr(built, "info", None) is not None \
-            else _dummy_input(info)
+        x, mask = dummy_input(info)
         methods = available_methods(built, Batch(x, mask, *_dummy_targets(mask)))
     except SpecError as err:
         return [err if err.field.startswith("model") else err.with_prefix("model")]
@@ -282,7 +281,7 @@ def check_model(model: ModelSpec | ModelBuilder, info: InputInfo,
         if method not in methods:
             continue
         options = assess_spec.options_for(method)
-        seeded = {"seed": 0} if "seed" in _explainer_options(method) else {}
+        seeded = {"seed": 0} if resolve_method(method)[1].takes_seed else {}
         try:
             explain(built, batch, method, **options, **seeded)
         except SpecError as err:
@@ -292,20 +291,6 @@ def check_model(model: ModelSpec | ModelBuilder, info: InputInfo,
             errors.append(SpecError(f"assess.explainer_options.{method}", options,
                                     f"options {method!r} accepts ({type(err).__name__}: {err})"))
     return errors
-
-
-def _explainer_options(method: str) -> tuple[str, ...]:
-    from attnsets.explain.base import resolve_method
-
-    return resolve_method(method)[1].options
-
-
-def _dummy_input(info: InputInfo) -> tuple[Any, Any]:
-    import torch
-
-    dtype = torch.int64 if info.kind == "sequence" else torch.float32
-    x = torch.zeros((1, 2, *info.instance_shape), dtype=dtype)
-    return x, torch.ones((1, 2), dtype=torch.bool)
 
 
 def _dummy_targets(mask: Any) -> tuple[Any, ...]:

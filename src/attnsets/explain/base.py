@@ -20,7 +20,7 @@ import torch
 
 from attnsets.data.bags import Batch
 from attnsets.errors import SpecError
-from attnsets.models.base import SetModel, SetOutput
+from attnsets.models.base import InputInfo, SetModel, SetOutput
 from attnsets.registry import Registry
 
 #: SetOutput fields an explainer can require; each is None for poolings that lack it.
@@ -241,15 +241,21 @@ def methods_for(model: SetModel, output: SetOutput) -> list[str]:
             if explainer.reason_not_applicable(model, output) is None]
 
 
-def probe_input(model: SetModel) -> tuple[torch.Tensor, torch.Tensor]:
-    """A two-instance dummy bag built from model.info: x: (1, 2, *shape), mask: (1, 2)."""
-    info = getattr(model, "info", None)
-    if info is None:
-        raise SpecError("batch", None, "a Batch to probe the model with (model.info is missing)")
-    device = next(iter(model.parameters()), torch.zeros(0)).device
+def dummy_input(info: InputInfo, device: torch.device | str = "cpu"
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A two-instance dummy bag for data described by `info`: x: (1, 2, *shape) zeros (token
+    ids for sequences), mask: (1, 2) all True."""
     dtype = torch.int64 if info.kind == "sequence" else torch.float32
     x = torch.zeros((1, 2, *info.instance_shape), dtype=dtype, device=device)
     return x, torch.ones((1, 2), dtype=torch.bool, device=device)
+
+
+def probe_input(model: SetModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """`dummy_input` built from model.info, on the model's device."""
+    info = getattr(model, "info", None)
+    if info is None:
+        raise SpecError("batch", None, "a Batch to probe the model with (model.info is missing)")
+    return dummy_input(info, next(iter(model.parameters()), torch.zeros(0)).device)
 
 
 def available_methods(model: SetModel, batch: Batch | None = None) -> list[str]:

@@ -230,6 +230,13 @@ def mixed_ensembles(study: StudyView, method: str = "attention") -> pd.DataFrame
     by_key = {(c.dataset, c.replicate, c.model): c for c in study.done if method in c.methods}
     records = []
     store = ResultsStore(study.directory)
+    loaded: dict[str, dict[str, np.ndarray]] = {}  # a cell can sit in several groups
+
+    def arrays_of(cell_id: str) -> dict[str, np.ndarray]:
+        if cell_id not in loaded:
+            loaded[cell_id] = store.arrays(cell_id)
+        return loaded[cell_id]
+
     try:
         for group, models in groups.items():
             for dataset, replicate in dict.fromkeys((d, r) for d, r, _ in by_key):
@@ -237,7 +244,7 @@ def mixed_ensembles(study: StudyView, method: str = "attention") -> pd.DataFrame
                 cells = [c for c in found if c is not None]
                 if len(cells) < len(found):
                     continue
-                arrays = [store.arrays(c.cell_id) for c in cells]
+                arrays = [arrays_of(c.cell_id) for c in cells]
                 if any(a["evidence"].shape != arrays[0]["evidence"].shape
                        or not np.array_equal(a["evidence"], arrays[0]["evidence"])
                        for a in arrays):

@@ -357,8 +357,8 @@ def _typed_variant(file: _Sections, variant: str, config_hash: str
 def _budgets(study: StudySection) -> dict[str, Any]:
     """The budget settings that differ from their defaults (a cell's id stays the same when
     none is set)."""
-    defaults = {"bag_budget": None, "random_orders": 10}
-    return {k: getattr(study, k) for k, v in defaults.items() if getattr(study, k) != v}
+    return {k: getattr(study, k) for k in ("bag_budget", "random_orders")
+            if getattr(study, k) != StudySection.model_fields[k].default}
 
 
 def _model_field(index: int, field: str) -> str:
