@@ -14,7 +14,8 @@ from benchmarks.common import write_section  # noqa: E402
 BENCHMARKS = {"ceiling": "benchmarks.bench_ceiling", "data": "benchmarks.bench_data",
               "ensemble": "benchmarks.bench_ensemble_strategy",
               "explain": "benchmarks.bench_explain",
-              "study": "benchmarks.bench_study", "training": "benchmarks.bench_training"}
+              "study": "benchmarks.bench_study", "training": "benchmarks.bench_training",
+              "training_path": "benchmarks.bench_training_path"}
 
 
 def main() -> None:

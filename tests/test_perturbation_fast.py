@@ -21,7 +21,7 @@ from attnsets.errors import SpecError
 from attnsets.explain import deletion_curve, explain, random_deletion_curve
 from attnsets.explain import perturbation as fast
 from attnsets.models import POOLINGS, InputInfo, ModelSpec, SetModel, SetOutput, build_model
-from attnsets.models.base import masked_softmax
+from attnsets.models.base import logits_only, masked_softmax, takes_need_maps
 
 DIM = 3
 INFO = InputInfo("vector", (DIM,), 2)
@@ -125,6 +125,49 @@ def test_logits_only_head_equals_full_forward(pooling: str) -> None:
     if hasattr(model.pooling, "forward_logits"):
         assert logits.attention is None and logits.layer_attention is None
     assert model.pooling.permutation_invariant
+
+
+@pytest.mark.parametrize("pooling", VARIANTS)
+def test_training_path_gives_the_full_forwards_logits_and_gradients(pooling: str) -> None:
+    """Training and prediction read logits_only: the same loss gradient as the full forward,
+    with the fused kernel and with the matmul form the vectorised ensemble uses (fused=False)."""
+    torch.manual_seed(1)
+    x = torch.randn(4, 9, DIM)
+    mask = torch.rand(4, 9) > 0.4
+    mask[0] = True
+    x[~mask] = 0.0  # as collate pads (NaN would reach the encoder's weight gradient as 0 * NaN)
+
+    def loss_and_grads(model: SetModel, read: Callable[[], torch.Tensor]
+                       ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        logits = read()
+        torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 1, 0])).backward()
+        return logits.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    model = model_for(pooling)
+    full, full_grads = loss_and_grads(model, lambda: model(x, mask).logits)
+    for fused in (True, False):
+        for module in model.modules():
+            if hasattr(module, "fused"):
+                module.fused = fused
+        fast_logits, fast_grads = loss_and_grads(model, lambda: logits_only(model, x, mask))
+        torch.testing.assert_close(fast_logits, full, atol=ATOL, rtol=0)
+        assert len(fast_grads) == len(full_grads)
+        for fast_grad, full_grad in zip(fast_grads, full_grads, strict=True):
+            torch.testing.assert_close(fast_grad, full_grad, atol=ATOL, rtol=1e-4)
+
+
+def test_logits_only_falls_back_for_an_old_two_argument_forward() -> None:
+    class OldStyle(SetModel):
+        def forward(self, x: torch.Tensor, mask: torch.Tensor) -> SetOutput:  # type: ignore[override]
+            return self.head(self.encode(x), mask)
+
+    base = model_for("transformer_cls")
+    old = OldStyle(base.encoder, base.pooling, base.spec, base.info)
+    x, mask = torch.randn(2, 5, DIM), torch.ones(2, 5, dtype=torch.bool)
+    assert not takes_need_maps(old) and takes_need_maps(base)
+    with torch.no_grad():
+        torch.testing.assert_close(logits_only(old, x, mask), base(x, mask).logits)
 
 
 @pytest.mark.parametrize("pooling", VARIANTS)

@@ -47,7 +47,7 @@ from attnsets.metrics import (
     misleading_bags,
     unit_test_flag,
 )
-from attnsets.models.base import SetModel
+from attnsets.models.base import SetModel, logits_only
 
 #: Which classes each bag is explained for: its label only, or every class as well.
 EVALUATED_CLASSES = ("label", "all")
@@ -200,7 +200,7 @@ def predict(members: Sequence[SetModel], batches: list[Batch]) -> np.ndarray:
     out = []
     for model in members:
         model.eval()
-        out.append(np.concatenate([torch.softmax(model(b.x, b.mask).logits.double(), -1)
+        out.append(np.concatenate([torch.softmax(logits_only(model, b.x, b.mask).double(), -1)
                                    .cpu().numpy() for b in batches]))
     return np.stack(out)
 

@@ -140,8 +140,28 @@ class SetModel(nn.Module):
                 return SetOutput(fast(h, mask))
         return self.pooling(h, mask)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> SetOutput:
-        return self.head(self.encode(x), mask)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, need_maps: bool = True) -> SetOutput:
+        """x: (B, N, *shape), mask: (B, N) bool. need_maps=False: only ``.logits`` is read
+        (training, prediction), see head."""
+        return self.head(self.encode(x), mask, need_maps)
+
+
+def takes_need_maps(model: nn.Module) -> bool:
+    """Whether `model` is a SetModel whose forward and head accept ``need_maps`` (a subclass may
+    have overridden either with the older two-argument signature)."""
+    kind = type(model)
+    return issubclass(kind, SetModel) and all(
+        "need_maps" in inspect.signature(method).parameters
+        for method in (kind.forward, kind.head))
+
+
+def logits_only(model: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """model(x, mask).logits: (B, C), computed without the diagnostic maps where the model can
+    (training and prediction read nothing else; on self-attention poolings the maps are most
+    of the cost, O(N^2) per layer and, for set_transformer, the only quadratic part)."""
+    if takes_need_maps(model):
+        return model(x, mask, need_maps=False).logits  # type: ignore[no-any-return]
+    return model(x, mask).logits  # type: ignore[no-any-return]
 
 
 def build_model(spec: ModelSpec, info: InputInfo, seed: int | None = None) -> SetModel:

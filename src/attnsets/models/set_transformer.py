@@ -41,6 +41,11 @@ class MultiHeadAttention(nn.Module):
     """Scaled dot-product attention with explicit q/k/v/output projections.
     query: (B, Q, D), keys: (B, K, D), key_mask: (B, K) bool or None -> Attended."""
 
+    #: attend uses PyTorch's fused kernel. It has no vmap batching rule on the CPU (vmap falls
+    #: back to a loop over members, slower than the matmul form at small N), so the vectorised
+    #: ensemble trainer sets this to False on its template.
+    fused: bool = True
+
     def __init__(self, dim: int, heads: int, head_dim: int) -> None:
         super().__init__()
         self.heads, self.head_dim = heads, head_dim
@@ -68,6 +73,11 @@ class MultiHeadAttention(nn.Module):
         """forward(...).out without the weights: fused attention, no (Q, K) map kept.
         query: (B, Q, D), keys: (B, K, D), key_mask: (B, K) bool or None -> (B, Q, D)."""
         q, k, v = self._split(self.q(query)), self._split(self.k(keys)), self._split(self.v(keys))
+        if not self.fused:
+            scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
+            weights = torch.softmax(scores, dim=-1) if key_mask is None else \
+                masked_softmax(scores, key_mask[:, None, None, :])
+            return self.o((weights @ v).transpose(1, 2).flatten(2))
         if key_mask is None:
             mixed = F.scaled_dot_product_attention(q, k, v)
         else:

@@ -49,6 +49,7 @@ from attnsets.models.base import (
     SetModel,
     SetOutput,
     build_model,
+    takes_need_maps,
 )
 from attnsets.training.fit import (
     ENSEMBLE_STRATEGIES,
@@ -323,6 +324,10 @@ def _fit_vectorised(model_spec: ModelSpec, dataset: SetDataset, spec: TrainSpec,
     models = [build_model(model_spec, info, seed=s).to(device) for s in member_seeds]
     # functional_call swaps the stacked slices into this copy; the members stay untouched.
     template = copy.deepcopy(models[0])
+    for module in template.modules():  # fused attention has no vmap batching rule on the CPU
+        if hasattr(module, "fused"):
+            module.fused = False
+    logits_kwargs = {"need_maps": False} if takes_need_maps(template) else {}
     params, buffers = stack_module_state(models)  # type: ignore[arg-type]
     train = PaddedSplit.from_split(dataset.train).to(device)
     val = eval_chunks(dataset.val, spec.eval_batch_size, device)
@@ -332,7 +337,8 @@ def _fit_vectorised(model_spec: ModelSpec, dataset: SetDataset, spec: TrainSpec,
     optimizer = make_optimizer(params.values(), spec)
 
     def logits_of(p: Tensors, b: Tensors, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return functional_call(template, (p, b), (x, mask)).logits  # type: ignore[no-any-return]
+        return functional_call(template, (p, b), (x, mask),  # type: ignore[no-any-return]
+                               logits_kwargs).logits
 
     train_logits = vmap(logits_of, in_dims=(0, 0, 0, 0), randomness="different")
     val_logits = vmap(logits_of, in_dims=(0, 0, None, None), randomness="different")

@@ -26,7 +26,7 @@ from attnsets.data.bags import BagSplit
 from attnsets.data.generate import SetDataset
 from attnsets.device import check_device_string, deterministic, resolve_device, seeded, to_device
 from attnsets.errors import SpecError, TrainingDivergedError
-from attnsets.models.base import InputInfo, ModelSpec, SetModel, build_model
+from attnsets.models.base import InputInfo, ModelSpec, SetModel, build_model, logits_only
 from attnsets.registry import build_dataclass
 
 ClassWeights = str | Sequence[float] | None
@@ -326,7 +326,7 @@ def evaluate(model: nn.Module,
     count = 0
     with torch.no_grad():
         for x, mask, labels in chunks:
-            chunk_total, chunk_weight, chunk_correct = loss_terms(model(x, mask).logits, labels,
+            chunk_total, chunk_weight, chunk_correct = loss_terms(logits_only(model, x, mask), labels,
                                                                   weights)
             sums += torch.stack([chunk_total.double(), chunk_weight.double(),
                                  chunk_correct.double()])
@@ -396,7 +396,7 @@ def fit(model_or_spec: SetModel | ModelSpec, dataset: SetDataset,
             for start in starts:
                 index = order[start:start + spec.batch_size]
                 x, mask, labels = train.batch(index, rows[start:start + spec.batch_size])
-                loss = weighted_cross_entropy(model(x, mask).logits, labels, weights)
+                loss = weighted_cross_entropy(logits_only(model, x, mask), labels, weights)
                 batch_losses.append(loss.detach())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
