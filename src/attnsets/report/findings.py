@@ -406,3 +406,40 @@ def pos_neg_check(members: pd.DataFrame, study: StudyView | None = None,
                         "bag_auroc": bag.value, **_estimate_columns("auprc2", estimate)})
     return pd.DataFrame(records)
 
+
+
+# --------------------------------------------------------------------------- four-bags (MILLI)
+
+
+def four_bags_check(members: pd.DataFrame, study: StudyView | None = None,
+                    model: str = "attention",
+                    methods: tuple[str, ...] = ("attention", "single", "leave_one_out", "random")
+                    ) -> pd.DataFrame:
+    """MILLI's FOUR-MNIST-BAGS comparison, on our four_bags datasets: for `model`, its bag
+    AUROC and the share of its members that learned the task, and the AUPRC-2 over the signed,
+    class-specific evidence of each of `methods` (CI over cells). MILLI's "Single" and "One
+    Removed" are our `single` and `leave_one_out`. AUPRC-2 is taken over every class where the
+    cells scored every class (``evaluated_classes = "all"``), else over each bag's label
+    (column `classes`); `convention` is the rule's evidence_convention ("milli" gives class 0
+    MILLI's signs, "attnsets" is ours)."""
+    rows = members[(members["rule"] == "four_bags") & (members["model"] == model)
+                   & members["explainer"].isin(methods)]
+    conventions = {c.cell_id: str(c.spec.get("dataset", {}).get("rule", {}).get(
+        "evidence_convention", "attnsets")) for c in study.done} if study is not None else {}
+    records = []
+    for (dataset, method), part in rows.groupby(["dataset", "explainer"], sort=False):
+        every = part["auprc2_all_classes"].notna().all() if "auprc2_all_classes" in part \
+            else False
+        column = "auprc2_all_classes" if every else "auprc2"
+        estimate = cluster_bootstrap(part[column], part["cell_id"])
+        bag = cluster_bootstrap(part["bag_auroc"], part["cell_id"])
+        kinds = sorted({conventions.get(c, "attnsets") for c in part["cell_id"]})
+        records.append({"dataset": dataset, "explainer": method, "members": len(part),
+                        "convention": "/".join(kinds),
+                        "classes": "all" if every else "label",
+                        "bag_auroc": bag.value,
+                        "learned_share": float(part["learned"].astype(float).mean()),
+                        **_estimate_columns("auprc2", estimate)})
+    columns = ["dataset", "explainer", "members", "convention", "classes", "bag_auroc",
+               "learned_share", "auprc2", "auprc2_ci_low", "auprc2_ci_high"]
+    return pd.DataFrame(records, columns=columns)

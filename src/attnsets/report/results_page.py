@@ -24,6 +24,7 @@ from attnsets.report.findings import (
     ensembling,
     explainer_comparison,
     explanation_quality,
+    four_bags_check,
     member_frame,
     mixed_ensemble_summary,
     mixed_ensembles,
@@ -122,10 +123,67 @@ def above_random(value: float, random: float) -> float:
     return (value - random) / (1.0 - random) if random < 1.0 else math.nan
 
 
+#: MILLI's perturbation explainers ("Single", "One Removed") under our names.
+MILLI_METHODS = ("single", "leave_one_out")
+
+
+def four_bags_row(dataset: str, four_bags: pd.DataFrame) -> dict[str, str]:
+    """The MILLI claim on one four_bags dataset, from `four_bags_check` rows: the better of
+    single / leave_one_out (by AUPRC-2) against attention, CI against CI."""
+    part = four_bags[four_bags["dataset"] == dataset].reset_index(drop=True)
+    where = {str(m): i for i, m in enumerate(part["explainer"])}
+    first = part.iloc[where.get("attention", 0)]  # the same members for every explainer
+    members, share = int(first["members"]), float(first["learned_share"])
+    learned = int(round(share * members))
+
+    def estimate(method: str) -> Estimate | None:
+        return _est(part, where[method], "auprc2") if method in where else None
+
+    attention = estimate("attention")
+    candidates = [(m, e) for m in MILLI_METHODS if (e := estimate(m)) is not None
+                  and not math.isnan(e.value)]
+    texts = []
+    for method in ("attention", *MILLI_METHODS, "random"):
+        found = estimate(method)
+        texts.append(f"{method} {found.text() if found is not None else 'not run'}")
+    precondition = None
+    if share < 0.5:
+        precondition = (f"{share:.0%} ({learned}/{members}) of the attention model's members "
+                        "learned the task: the claim is about models that learned")
+    elif not candidates:
+        precondition = "neither single nor leave_one_out was run"
+    elif attention is None or math.isnan(attention.value):
+        precondition = "no attention scores"
+    agree = disagree = False
+    best = ""
+    if precondition is None and attention is not None:
+        best, top = max(candidates, key=lambda item: item[1].value)
+        agree = top.low > attention.high
+        disagree = attention.low > top.high
+    return {
+        "claim": "Early et al. (MILLI): on FOUR-MNIST-BAGS and others, model-agnostic "
+                 "perturbation explainers (Single, One Removed) identify the key instances up "
+                 "to 30% more accurately than the model's inherent interpretability (attention)",
+        "our measurement": f"{dataset} (evidence_convention {first['convention']}, AUPRC-2 over "
+                           f"{first['classes']} classes of signed evidence; MILLI scores "
+                           f"NDCG@n / AOPC), attention model: bag AUROC "
+                           f"{float(first['bag_auroc']):.3f}, learned share {share:.0%} "
+                           f"({learned}/{members}); AUPRC-2 {', '.join(texts)}"
+                           + (f"; better of the two: {best}" if best else ""),
+        "rule": "with at least half of the attention model's members learned and single or "
+                "leave_one_out run (else inconclusive): agree if the better of single / "
+                "leave_one_out has its CI above attention's, disagree if attention's CI lies "
+                "above it, partly otherwise; like for like only with evidence_convention milli "
+                "and all classes",
+        "verdict": _verdict(agree, disagree, precondition)}
+
+
 def claims_table(quality_all: pd.DataFrame, ensemble: pd.DataFrame, units: pd.DataFrame,
-                 pos_neg: pd.DataFrame, members: pd.DataFrame) -> pd.DataFrame:
+                 pos_neg: pd.DataFrame, members: pd.DataFrame,
+                 four_bags: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per published claim of REFERENCES.md that this study can test, with the
-    measurement, the decision rule and the verdict."""
+    measurement, the decision rule and the verdict. `four_bags` is `four_bags_check`'s frame
+    (MILLI's claim, one row per four_bags dataset)."""
     rows = []
     if not quality_all.empty:
         reflects = _est(quality_all, 0, "reflects_if_learned")
@@ -193,6 +251,9 @@ def claims_table(quality_all: pd.DataFrame, ensemble: pd.DataFrame, units: pd.Da
                     f"than {NEAR_RANDOM_MARGIN:.0%} of the room between random and perfect AUPRC-2, "
                     "disagree otherwise; like for like only with construction xmil and all classes",
             "verdict": _verdict(near_random, not near_random, precondition)})
+    if four_bags is not None and not four_bags.empty:
+        for dataset in dict.fromkeys(four_bags["dataset"]):
+            rows.append(four_bags_row(dataset, four_bags))
     if not units.empty:
         by_model = units.groupby("model", sort=False)["flagged"].max()
         with_attention = set(members.loc[members["explainer"] == "attention", "model"])
@@ -424,12 +485,14 @@ def _render(study: StudyView, staging: Path, assets_name: str, command: str,
     comparison = explainer_comparison(members, order=study.explainers)
     units = unit_tests(study, order=study.models)
     pos_neg = pos_neg_check(members, study)
+    four_bags = four_bags_check(members, study)
     tell("agreement vs truth")
     bags = agreement_frame(study)
     correlations = agreement_correlations(bags) if not bags.empty else pd.DataFrame()
-    claims = claims_table(tables["quality_all"], ensemble, units, pos_neg, members)
+    claims = claims_table(tables["quality_all"], ensemble, units, pos_neg, members, four_bags)
     tables.update({"silent_cells": silent, "ensembling": ensemble, "mixed_ensembles": mixed,
                    "explainer_comparison": comparison, "unit_tests": units, "pos_neg": pos_neg,
+                   "four_bags": four_bags,
                    "agreement_correlations": correlations, "claims": claims})
     for name, frame in tables.items():
         frame.to_csv(assets / TABLE_DIR / f"{name}.csv", index=False)
