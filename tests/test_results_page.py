@@ -365,3 +365,28 @@ def test_four_bags_check_reads_the_convention_and_the_classes() -> None:
     label = four_bags_check(members).iloc[0]
     assert (label["convention"], label["classes"]) == ("attnsets", "label")
     assert label["auprc2"] == pytest.approx(0.15)
+
+
+# --------------------------------------------------------------------------- learned share
+
+
+def test_learned_share_by_rule_and_model_counts_the_members(page: Path, study_dir: Path) -> None:
+    from attnsets.report.results_page import learned_share_grid
+
+    study = load_study(study_dir)
+    members = member_frame(study)
+    one = members[members["explainer"] == "attention"]  # one row per member with attention
+    grid = learned_share_grid(pd.read_csv(page.with_suffix("") / "tables"
+                                          / "learned_by_rule_and_model.csv"), study.models)
+    assert list(grid.columns) == ["rule", "attention", "gated"]  # mean pooling has none
+    assert list(grid["rule"]) == sorted(set(one["rule"]))
+    text = page.read_text()
+    assert "no linear read-out separates it" in text
+    table_lines = [line for line in text.splitlines() if line.startswith("| ")]
+    for _, row in grid.iterrows():
+        for model in ("attention", "gated"):
+            part = one[(one["rule"] == row["rule"]) & (one["model"] == model)]
+            k, n = int(part["learned"].sum()), len(part)
+            assert n == 2 * 3  # replicates x members
+            assert row[model] == f"{100 * k / n:.0f}% ({k}/{n})"
+        assert f"| {row['rule']} | {row['attention']} | {row['gated']} |" in table_lines

@@ -443,3 +443,28 @@ def four_bags_check(members: pd.DataFrame, study: StudyView | None = None,
     columns = ["dataset", "explainer", "members", "convention", "classes", "bag_auroc",
                "learned_share", "auprc2", "auprc2_ci_low", "auprc2_ci_high"]
     return pd.DataFrame(records, columns=columns)
+
+
+# --------------------------------------------------------------------------- learned share
+
+
+def learned_by_rule_and_model(members: pd.DataFrame, method: str = "attention",
+                              order: list[str] | None = None) -> pd.DataFrame:
+    """Per rule x model with `method` (attention) scores: how many of the model's members
+    learned the task (bag metric at or above the threshold). One row per pair, rules in name
+    order (as in the quality tables), models in `order`; columns rule, model, members, learned,
+    learned_share."""
+    rows = members[members["explainer"] == method].drop_duplicates(["cell_id", "member"])
+    rank = {name: i for i, name in enumerate(order or [])}
+    records = []
+    for (rule, model), part in rows.groupby(["rule", "model"], sort=False):
+        learned = int(part["learned"].sum())
+        records.append({"rule": rule, "model": model, "members": len(part), "learned": learned,
+                        "learned_share": learned / len(part)})
+    frame = pd.DataFrame(records, columns=["rule", "model", "members", "learned",
+                                           "learned_share"])
+    if frame.empty:
+        return frame
+    frame["_rank"] = frame["model"].map(lambda m: rank.get(m, len(rank)))
+    frame = frame.sort_values(["rule", "_rank", "model"], kind="stable")
+    return frame.drop(columns="_rank").reset_index(drop=True)

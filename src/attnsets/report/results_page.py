@@ -25,6 +25,7 @@ from attnsets.report.findings import (
     explainer_comparison,
     explanation_quality,
     four_bags_check,
+    learned_by_rule_and_model,
     member_frame,
     mixed_ensemble_summary,
     mixed_ensembles,
@@ -374,6 +375,35 @@ def _section_helps_or_hurts(ensemble: pd.DataFrame, mixed: pd.DataFrame) -> list
     return lines
 
 
+def learned_share_grid(learned: pd.DataFrame, order: list[str] | None = None) -> pd.DataFrame:
+    """`learned_by_rule_and_model` as a display table: rows rules, columns models (in `order`,
+    then any other), entries "share (learned/members)", "–" where a model has no member."""
+    present = set(learned["model"])
+    models = [m for m in order or [] if m in present]
+    models += [m for m in dict.fromkeys(learned["model"]) if m not in models]
+    rules = list(dict.fromkeys(learned["rule"]))
+    cells = {(r.rule, r.model): f"{r.learned_share:.0%} ({r.learned}/{r.members})"
+             for r in learned.itertuples()}
+    return pd.DataFrame([{"rule": rule, **{m: cells.get((rule, m), "–") for m in models}}
+                         for rule in rules], columns=["rule", *models])
+
+
+def _learned_by_rule_and_model(members: pd.DataFrame, models: list[str],
+                               tables: dict[str, pd.DataFrame]) -> list[str]:
+    learned = learned_by_rule_and_model(members, order=models)
+    tables["learned_by_rule_and_model"] = learned
+    if learned.empty:
+        return []
+    return ["**Learned, by rule and model.** A silent failure can only be observed on a member "
+            "that learned its task. A rule that one architecture never learns while others do "
+            "says something about the architecture, not about its attention (e.g. `all_of` for "
+            "single-head attention pooling with a linear classifier: the pooled vector is a "
+            "convex combination of the instance embeddings, so \"both concepts present\" lies "
+            "between \"only A\" and \"only B\" and no linear read-out separates it). Share of "
+            "each model's members that learned the task:", "",
+            to_markdown(learned_share_grid(learned, models)).rstrip(), ""]
+
+
 def _section_quality(study: StudyView, members: pd.DataFrame) -> tuple[list[str], dict[str, pd.DataFrame]]:
     tables: dict[str, pd.DataFrame] = {}
     lines = ["## 1. How often does attention reflect the witnesses?", "",
@@ -398,6 +428,8 @@ def _section_quality(study: StudyView, members: pd.DataFrame) -> tuple[list[str]
         lines += [f"**By {title}.**", "",
                   to_markdown(_with_ci(frame, prefixes, [by, "cells", "members", "learned",
                                                          "learned_share"], percent)).rstrip(), ""]
+        if by == "rule":
+            lines += _learned_by_rule_and_model(members, study.models, tables)
     if not everything.empty:
         lines += ["**Overall.**", "", to_markdown(_with_ci(
             everything, prefixes, ["scope", "cells", "members", "learned"], percent)).rstrip(), ""]
