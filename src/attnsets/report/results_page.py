@@ -195,7 +195,8 @@ def claims_table(quality_all: pd.DataFrame, ensemble: pd.DataFrame, units: pd.Da
             "rule": "agree if the estimate is >= 50%, disagree if its CI lies below 50% "
                     "(inconclusive if no attention member learned its task)",
             "verdict": _verdict(reflects.value >= 0.5, reflects.high < 0.5,
-                                None if reflects.n else "no attention member learned its task")})
+                                None if int(quality_all.iloc[0]["learned"]) else
+                                "no attention member learned its task")})
         silent = _est(quality_all, 0, "silent")
         attention_members = members[members["explainer"] == "attention"]
         n_silent = int(attention_members["silent"].sum())
