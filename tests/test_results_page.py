@@ -148,6 +148,21 @@ def test_ensembling_and_unit_test_tables(study_dir: Path) -> None:
     assert units.set_index("model").loc["mean", "flagged"] == pytest.approx(np.mean(flags))
 
 
+def test_unit_test_notes_explain_a_flagged_count_free_pooling() -> None:
+    from attnsets.report.results_page import _unit_test_notes
+
+    def units(max_flagged: float) -> pd.DataFrame:
+        return pd.DataFrame([{"rule": "false_frequency", "model": "max", "flagged": max_flagged},
+                             {"rule": "false_frequency", "model": "attention", "flagged": 1.0},
+                             {"rule": "poison", "model": "instance_max", "flagged": 1.0}])
+
+    flagged = " ".join(_unit_test_notes(units(0.6)))
+    assert "tests/test_oracles.py" in flagged and "`max` cannot count" in flagged
+    assert "instance_max" not in flagged  # flagged on poison only: not a counting question
+    passed = " ".join(_unit_test_notes(units(0.2)))
+    assert "tests/test_oracles.py" in passed and "cannot count" not in passed
+
+
 # --------------------------------------------------------------------------- the page
 
 
@@ -240,6 +255,9 @@ def test_a_claim_whose_precondition_fails_is_inconclusive() -> None:
     far = claims_table(empty, empty, empty, pos_neg(0.97, 0.60, 0.42), members)
     assert far["verdict"].iloc[0] == "disagree"  # 31% of the room above random
     assert above_random(0.45, 0.42) == pytest.approx(0.03 / 0.58)
+    one_cell = pos_neg(0.97, 0.45, 0.42).assign(auprc2_ci_low=math.nan, auprc2_ci_high=math.nan)
+    text = claims_table(empty, empty, empty, one_cell, members)["our measurement"].iloc[0]
+    assert "0.450 (1 cell)" in text and "nan" not in text  # one cell: no interval to print
 
 
 def test_mixed_ensembles_combine_members_of_different_models(study_dir: Path) -> None:

@@ -179,6 +179,27 @@ def four_bags_row(dataset: str, four_bags: pd.DataFrame) -> dict[str, str]:
         "verdict": _verdict(agree, disagree, precondition)}
 
 
+def _unit_test_notes(units: pd.DataFrame) -> list[str]:
+    """Why a flag means the model, not the test: the oracle check, and the count-free poolings
+    that were flagged on false_frequency anyway."""
+    lines = ["The tests themselves are checked by oracles (tests/test_oracles.py): hand-set "
+             "models run through the same rules, where an instance detector + max (MIL-valid "
+             "by construction) passes every test while a counting model fails "
+             "`false_frequency` and a model keyed to the poison's absence fails `poison`; bag "
+             "sizes carry no information about label or split. A flag therefore says what the "
+             "trained members learned."]
+    counted = units[(units["rule"] == "false_frequency")
+                    & units["model"].isin(["max", "instance_max"]) & (units["flagged"] >= 0.5)]
+    if not counted.empty:
+        names = ", ".join(f"`{m}`" for m in counted["model"])
+        lines[0] += (f" {names} cannot count in principle, yet their trained members are "
+                     "flagged on `false_frequency`: the maximum over noisy copies of a concept "
+                     "grows with the number of copies (2-3 in training positives, 1 in training "
+                     "negatives, 35-44 in test negatives), so a max-pooled feature of the "
+                     "frequent concept is a weak count that training rewards.")
+    return [lines[0], ""]
+
+
 def claims_table(quality_all: pd.DataFrame, ensemble: pd.DataFrame, units: pd.DataFrame,
                  pos_neg: pd.DataFrame, members: pd.DataFrame,
                  four_bags: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -229,6 +250,7 @@ def claims_table(quality_all: pd.DataFrame, ensemble: pd.DataFrame, units: pd.Da
         else pos_neg
     for dataset in (attention_pn["dataset"].tolist() if not attention_pn.empty else []):
         att = attention_pn[attention_pn["dataset"] == dataset].iloc[0]
+        att_auprc2 = _est(attention_pn[attention_pn["dataset"] == dataset], 0, "auprc2")
         rnd = random_pn[random_pn["dataset"] == dataset]
         ig = ig_pn[ig_pn["dataset"] == dataset]
         rnd_value = float(rnd.iloc[0]["auprc2"]) if not rnd.empty else math.nan
@@ -246,8 +268,8 @@ def claims_table(quality_all: pd.DataFrame, ensemble: pd.DataFrame, units: pd.Da
             "our measurement": f"{dataset} (construction {att.get('construction', 'attnsets')}, "
                                f"AUPRC-2 over {att.get('classes', 'label')} classes), attention "
                                f"model: bag AUROC {att['bag_auroc']:.3f}; attention AUPRC-2 "
-                               f"{float(att['auprc2']):.3f} [{att['auprc2_ci_low']:.3f}, "
-                               f"{att['auprc2_ci_high']:.3f}] vs random {rnd_value:.3f} "
+                               f"{att_auprc2.text()} "
+                               f"vs random {rnd_value:.3f} "
                                f"({100 * gain:+.0f}% of the room above random){ig_text}",
             "rule": f"with bag AUROC >= 0.9 (else inconclusive): agree if attention recovers less "
                     f"than {NEAR_RANDOM_MARGIN:.0%} of the room between random and perfect AUPRC-2, "
@@ -609,6 +631,7 @@ def _render(study: StudyView, staging: Path, assets_name: str, command: str,
                                        ["rule", "model", "cells", "members", "val_score",
                                         "test_score", "ensemble_flagged"],
                                        ("flagged",))).rstrip(), ""]
+        lines += _unit_test_notes(units)
     lines += ["## 6. Is member agreement a usable reliability signal without labels?", "",
               "For every cell with attention, the members' attention is compared without any "
               "label (mean pairwise Spearman correlation per bag; top-10% overlap) and set "
