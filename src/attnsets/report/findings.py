@@ -379,6 +379,36 @@ def _spearman_ci(part: pd.DataFrame, signal: str, by_cell: bool, n_boot: int = 4
 # --------------------------------------------------------------------------- pos-neg (xMIL)
 
 
+def _signed_evidence_check(members: pd.DataFrame, study: StudyView | None, rule: str,
+                           model: str, methods: tuple[str, ...], option: str, default: str,
+                           column: str | None = None) -> pd.DataFrame:
+    """Per (dataset of `rule`, method): AUPRC-2 of `model`'s members (over every class where
+    every member was scored for every class, else over each bag's label), their bag AUROC and
+    learned share, CIs over cells; `column` (default `option`) names the rule option `option`
+    of the cells (`default` where absent)."""
+    rows = members[(members["rule"] == rule) & (members["model"] == model)
+                   & members["explainer"].isin(methods)]
+    chosen = {c.cell_id: str(c.spec.get("dataset", {}).get("rule", {}).get(option, default))
+              for c in study.done} if study is not None else {}
+    column = column or option
+    records = []
+    for (dataset, method), part in rows.groupby(["dataset", "explainer"], sort=False):
+        every = part["auprc2_all_classes"].notna().all() if "auprc2_all_classes" in part \
+            else False
+        estimate = cluster_bootstrap(part["auprc2_all_classes" if every else "auprc2"],
+                                     part["cell_id"])
+        bag = cluster_bootstrap(part["bag_auroc"], part["cell_id"])
+        records.append({"dataset": dataset, "explainer": method, "members": len(part),
+                        column: "/".join(sorted({chosen.get(c, default)
+                                                 for c in part["cell_id"]})),
+                        "classes": "all" if every else "label", "bag_auroc": bag.value,
+                        "learned_share": float(part["learned"].astype(float).mean()),
+                        **_estimate_columns("auprc2", estimate)})
+    return pd.DataFrame(records, columns=["dataset", "explainer", "members", column, "classes",
+                                          "bag_auroc", "learned_share", "auprc2",
+                                          "auprc2_ci_low", "auprc2_ci_high"])
+
+
 def pos_neg_check(members: pd.DataFrame, study: StudyView | None = None,
                   model: str = "attention",
                   methods: tuple[str, ...] = ("attention", "integrated_gradients", "random")
@@ -388,24 +418,8 @@ def pos_neg_check(members: pd.DataFrame, study: StudyView | None = None,
     where the cells scored every class (``evaluated_classes = "all"``), else over each bag's
     label (column `classes`); `construction` names the rule's construction ("xmil" reproduces
     xMIL's sampling, "attnsets" is ours)."""
-    rows = members[(members["rule"] == "pos_neg") & (members["model"] == model)
-                   & members["explainer"].isin(methods)]
-    constructions = {c.cell_id: str(c.spec.get("dataset", {}).get("rule", {}).get(
-        "construction", "attnsets")) for c in study.done} if study is not None else {}
-    records = []
-    for (dataset, method), part in rows.groupby(["dataset", "explainer"], sort=False):
-        every = part["auprc2_all_classes"].notna().all() if "auprc2_all_classes" in part \
-            else False
-        column = "auprc2_all_classes" if every else "auprc2"
-        estimate = cluster_bootstrap(part[column], part["cell_id"])
-        bag = cluster_bootstrap(part["bag_auroc"], part["cell_id"])
-        kinds = sorted({constructions.get(c, "attnsets") for c in part["cell_id"]})
-        records.append({"dataset": dataset, "explainer": method, "members": len(part),
-                        "construction": "/".join(kinds),
-                        "classes": "all" if every else "label",
-                        "bag_auroc": bag.value, **_estimate_columns("auprc2", estimate)})
-    return pd.DataFrame(records)
-
+    return _signed_evidence_check(members, study, "pos_neg", model, methods,
+                                  "construction", "attnsets")
 
 
 # --------------------------------------------------------------------------- four-bags (MILLI)
@@ -422,27 +436,8 @@ def four_bags_check(members: pd.DataFrame, study: StudyView | None = None,
     cells scored every class (``evaluated_classes = "all"``), else over each bag's label
     (column `classes`); `convention` is the rule's evidence_convention ("milli" gives class 0
     MILLI's signs, "attnsets" is ours)."""
-    rows = members[(members["rule"] == "four_bags") & (members["model"] == model)
-                   & members["explainer"].isin(methods)]
-    conventions = {c.cell_id: str(c.spec.get("dataset", {}).get("rule", {}).get(
-        "evidence_convention", "attnsets")) for c in study.done} if study is not None else {}
-    records = []
-    for (dataset, method), part in rows.groupby(["dataset", "explainer"], sort=False):
-        every = part["auprc2_all_classes"].notna().all() if "auprc2_all_classes" in part \
-            else False
-        column = "auprc2_all_classes" if every else "auprc2"
-        estimate = cluster_bootstrap(part[column], part["cell_id"])
-        bag = cluster_bootstrap(part["bag_auroc"], part["cell_id"])
-        kinds = sorted({conventions.get(c, "attnsets") for c in part["cell_id"]})
-        records.append({"dataset": dataset, "explainer": method, "members": len(part),
-                        "convention": "/".join(kinds),
-                        "classes": "all" if every else "label",
-                        "bag_auroc": bag.value,
-                        "learned_share": float(part["learned"].astype(float).mean()),
-                        **_estimate_columns("auprc2", estimate)})
-    columns = ["dataset", "explainer", "members", "convention", "classes", "bag_auroc",
-               "learned_share", "auprc2", "auprc2_ci_low", "auprc2_ci_high"]
-    return pd.DataFrame(records, columns=columns)
+    return _signed_evidence_check(members, study, "four_bags", model, methods,
+                                  "evidence_convention", "attnsets", column="convention")
 
 
 # --------------------------------------------------------------------------- learned share
