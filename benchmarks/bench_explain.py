@@ -7,15 +7,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 
-from attnsets.data import DatasetSpec, collate
 from attnsets.data.bags import Batch
-from attnsets.data.generate import build_pool, build_rule, make_split
 from attnsets.explain import EXPLAINERS, available_methods, deletion_curves, explain
 from attnsets.models import InputInfo, ModelSpec, SetModel, build_model
-from benchmarks.common import machine, table
+from benchmarks.common import gaussian_batch, machine, table
 
 #: One thread, as in the training benchmark: the 2 cores are shared with other jobs.
 THREADS = 1
@@ -40,13 +37,7 @@ SLOW_BAGS = 4
 
 def make_batch(size: int) -> Batch:
     """BAGS gaussian presence bags of exactly `size` instances (d = DIM), 5% witnesses."""
-    spec = DatasetSpec.from_dict({
-        "pool": {"name": "gaussian", "dim": DIM}, "rule": {"name": "presence", "key": 3},
-        "bag_size": {"kind": "fixed", "mean": size}, "witnesses": {"rate": 0.05},
-        "bags": {"train": BAGS, "val": 1, "test": 1}})
-    split = make_split(build_pool(spec), build_rule(spec), spec, "train",
-                       np.random.default_rng(0))
-    return collate(list(split))
+    return gaussian_batch(size, BAGS, DIM)  # type: ignore[no-any-return]
 
 
 def best_time(fn: Callable[[], Any]) -> float:

@@ -17,20 +17,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from attnsets.data import DatasetSpec, collate  # noqa: E402
 from attnsets.data.bags import Batch  # noqa: E402
-from attnsets.data.generate import build_pool, build_rule, make_split  # noqa: E402
 from attnsets.explain import deletion_curve, explain, random_deletion_curve  # noqa: E402
 from attnsets.explain import perturbation as fast  # noqa: E402
 from attnsets.explain.base import ExplainContext  # noqa: E402
 from attnsets.models import InputInfo, ModelSpec, SetModel, build_model  # noqa: E402
 from benchmarks import reference_perturbation as reference  # noqa: E402
-from benchmarks.common import machine, table, write_section  # noqa: E402
+from benchmarks.common import gaussian_batch, machine, table, write_section  # noqa: E402
 
 THREADS = 1
 DIM = 16
@@ -52,13 +49,7 @@ REFERENCE_SUB_BAGS = 16
 
 
 def make_batch(size: int, n_bags: int) -> Batch:
-    spec = DatasetSpec.from_dict({
-        "pool": {"name": "gaussian", "dim": DIM}, "rule": {"name": "presence", "key": 3},
-        "bag_size": {"kind": "fixed", "mean": size}, "witnesses": {"rate": 0.05},
-        "bags": {"train": n_bags, "val": 1, "test": 1}})
-    split = make_split(build_pool(spec), build_rule(spec), spec, "train",
-                       np.random.default_rng(0))
-    return collate(list(split))
+    return gaussian_batch(size, n_bags, DIM)  # type: ignore[no-any-return]
 
 
 def sub_bags(method: str, size: int) -> int:

@@ -9,8 +9,9 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
@@ -53,3 +54,18 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def gaussian_batch(size: int, n_bags: int, dim: int) -> Any:
+    """n_bags gaussian presence bags of exactly `size` instances (d = dim), 5% witnesses,
+    collated into one Batch (seeded: every benchmark run sees the same bags)."""
+    from attnsets.data import DatasetSpec, collate
+    from attnsets.data.generate import build_pool, build_rule, make_split
+
+    spec = DatasetSpec.from_dict({
+        "pool": {"name": "gaussian", "dim": dim}, "rule": {"name": "presence", "key": 3},
+        "bag_size": {"kind": "fixed", "mean": size}, "witnesses": {"rate": 0.05},
+        "bags": {"train": n_bags, "val": 1, "test": 1}})
+    split = make_split(build_pool(spec), build_rule(spec), spec, "train",
+                       np.random.default_rng(0))
+    return collate(list(split))

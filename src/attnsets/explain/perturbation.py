@@ -21,7 +21,6 @@ How the passes scale (`subset_values`):
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 
@@ -35,7 +34,7 @@ from attnsets.explain.base import (
     register_explainer,
     target_values,
 )
-from attnsets.models.base import SetModel
+from attnsets.models.base import SetModel, takes_need_maps
 
 OUTPUTS = ("prob", "logit")
 #: Default memory budget of one perturbation forward pass, in MiB (option `memory_mb`). Set
@@ -101,7 +100,7 @@ def bytes_per_sub_bag(model: SetModel, width: int, padded: int, dim: int) -> int
 def _fast_head(model: SetModel) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """(h, mask) -> logits, logits-only where model.head takes need_maps (SetModel does; a
     subclass may have overridden head with the old signature)."""
-    if "need_maps" in inspect.signature(model.head).parameters:
+    if takes_need_maps(model, through=("head",)):
         return lambda h, mask: model.head(h, mask, need_maps=False).logits
     return lambda h, mask: model.head(h, mask).logits
 

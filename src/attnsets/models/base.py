@@ -146,13 +146,12 @@ class SetModel(nn.Module):
         return self.head(self.encode(x), mask, need_maps)
 
 
-def takes_need_maps(model: nn.Module) -> bool:
-    """Whether `model` is a SetModel whose forward and head accept ``need_maps`` (a subclass may
-    have overridden either with the older two-argument signature)."""
+def takes_need_maps(model: nn.Module, through: tuple[str, ...] = ("forward", "head")) -> bool:
+    """Whether `model` is a SetModel whose methods `through` (those a caller goes through)
+    accept ``need_maps`` (a subclass may have overridden one with the older signature)."""
     kind = type(model)
     return issubclass(kind, SetModel) and all(
-        "need_maps" in inspect.signature(method).parameters
-        for method in (kind.forward, kind.head))
+        "need_maps" in inspect.signature(getattr(kind, name)).parameters for name in through)
 
 
 def logits_only(model: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -249,8 +249,8 @@ def claims_table(quality_all: pd.DataFrame, ensemble: pd.DataFrame, units: pd.Da
     ig_pn = pos_neg[pos_neg["explainer"] == "integrated_gradients"] if not pos_neg.empty \
         else pos_neg
     for dataset in (attention_pn["dataset"].tolist() if not attention_pn.empty else []):
-        att = attention_pn[attention_pn["dataset"] == dataset].iloc[0]
-        att_auprc2 = _est(attention_pn[attention_pn["dataset"] == dataset], 0, "auprc2")
+        att_rows = attention_pn[attention_pn["dataset"] == dataset]
+        att, att_auprc2 = att_rows.iloc[0], _est(att_rows, 0, "auprc2")
         rnd = random_pn[random_pn["dataset"] == dataset]
         ig = ig_pn[ig_pn["dataset"] == dataset]
         rnd_value = float(rnd.iloc[0]["auprc2"]) if not rnd.empty else math.nan
