@@ -88,6 +88,28 @@ def test_grid_expands_over_every_dataset_and_training() -> None:
     assert len(expand_grid(raw, raw["grid"])) == 4
 
 
+def test_dataset_training_replaces_the_shared_settings_for_its_cells_only() -> None:
+    raw = minimal()
+    raw["datasets"].append(copy.deepcopy(raw["datasets"][0]) | {"name": "long"})
+    before = {c.dataset_name: c.cell_id for c in study_cells(validate_config(raw))}
+    raw["datasets"][1]["training"] = {"epochs": 7, "lr": 0.003}
+    cells = study_cells(validate_config(raw))
+    by_name = {c.dataset_name: c for c in cells}
+    short, long = by_name["g"], by_name["long"]
+    assert short.run_spec.training.epochs == 2 and short.run_spec.training.lr == 0.001
+    assert long.run_spec.training.epochs == 7 and long.run_spec.training.lr == 0.003
+    assert long.training == {"epochs": 7, "lr": 0.003} and "training" not in long.dataset
+    # The cells of a dataset without its own settings keep their ids (a store resumes them);
+    # the others are new cells.
+    assert short.cell_id == before["g"] and long.cell_id != before["long"]
+    assert Cell.from_dict(long.to_dict()) == long
+    # A grid path reaches the per-dataset table like any other key.
+    raw["grid"] = {"datasets.training.patience": [3, 4]}
+    patience = {(c.dataset_name, c.run_spec.training.patience, c.run_spec.training.epochs)
+                for c in study_cells(validate_config(raw))}
+    assert patience == {("g", 3, 2), ("g", 4, 2), ("long", 3, 7), ("long", 4, 7)}
+
+
 def _edit(path: str, value: Any) -> dict[str, Any]:
     raw = minimal()
     target: Any = raw
@@ -120,6 +142,11 @@ BAD = [
     ("models.0.per_encoder", {"cnn": {"chanels": [4]}}, "models[0].per_encoder.cnn.chanels"),
     ("models.0.per_encoder", {"gpt": {}}, "models[0].per_encoder.gpt"),
     ("models", [], "models"),
+    ("datasets.0.training", {"lr": -1.0}, "datasets[0].training.lr"),
+    ("datasets.0.training", {"epoch": 3}, "datasets[0].training.epoch"),
+    ("datasets.0.training", {"device": "cpu"}, "datasets[0].training.device"),
+    ("datasets.0.training", 5, "datasets[0].training"),
+    ("datasets.0.training", {"class_weights": [1.0, 2.0, 3.0]}, "datasets[0].training.class_weights"),
     ("grid", {"nowhere.x": [1]}, "grid.nowhere.x"),
 ]
 

@@ -303,7 +303,12 @@ def _typed_variant(file: _Sections, variant: str, config_hash: str
         errors, "training", lambda: TrainSpec.from_dict(
             {**file.training, "device": study.device if study is not None else "auto"}, ""))
     datasets = [_collect(errors, f"datasets[{i}]", lambda e=entry: DatasetSpec.from_dict(
-        {k: v for k, v in e.items() if k != "name"})) for i, entry in enumerate(file.datasets)]
+        _dataset_table(e))) for i, entry in enumerate(file.datasets)]
+    overrides = [_training_overrides(errors, entry, i) for i, entry in enumerate(file.datasets)]
+    trainings = [training if training is None or not extra else _collect(
+        errors, f"datasets[{i}].training", lambda x=extra: TrainSpec.from_dict(
+            {**file.training, **x, "device": study.device if study is not None else "auto"}, ""))
+        for i, extra in enumerate(overrides)]
     models = [_collect(errors, f"models[{i}]", lambda e=entry: build_dataclass(
         ModelSpec, {k: v for k, v in e.items() if k != "name"}, ""))
         for i, entry in enumerate(file.models)]
@@ -319,9 +324,10 @@ def _typed_variant(file: _Sections, variant: str, config_hash: str
         if info is None:
             continue
         where = f" (with datasets[{j}] {entry.get('name')!r})"
-        if training is not None:
-            errors += [SpecError(f"training.{e.field}", e.value, e.allowed + where)
-                       for e in check_training(training, info)]
+        if trainings[j] is not None:
+            errors += [SpecError(f"datasets[{j}].training.{e.field}" if e.field in overrides[j]
+                                 else f"training.{e.field}", e.value, e.allowed + where)
+                       for e in check_training(trainings[j], info)]
         for i, model in enumerate(models):
             if model is not None:
                 errors += [SpecError(_model_field(i, e.field), e.value, e.allowed + where)
@@ -330,19 +336,19 @@ def _typed_variant(file: _Sections, variant: str, config_hash: str
             or file.thresholds is None:
         return [], errors
     cells = []
-    for entry, spec in zip(file.datasets, datasets, strict=True):
+    for entry, spec, extra, dataset_training in zip(file.datasets, datasets, overrides, trainings,
+                                                    strict=True):
         for model_entry, model in zip(file.models, models, strict=True):
             for replicate in study.seeds:
-                dataset_table = {k: v for k, v in entry.items() if k != "name"}
-                dataset_table["seed"] = replicate
+                dataset_table = {**_dataset_table(entry), "seed": replicate}
                 seeds = member_seeds(replicate, study.members)
-                run = RunSpec(dataclasses.replace(spec, seed=replicate), model, training, seeds,
-                              dataclasses.replace(assess_spec, seed=replicate))
+                run = RunSpec(dataclasses.replace(spec, seed=replicate), model, dataset_training,
+                              seeds, dataclasses.replace(assess_spec, seed=replicate))
                 cells.append(Cell(
                     study=study.name, dataset_name=entry["name"], model_name=model_entry["name"],
                     variant=variant, replicate=replicate, dataset=dataset_table,
                     model={k: v for k, v in model_entry.items() if k != "name"},
-                    training=dict(file.training), seeds=seeds,
+                    training={**file.training, **extra}, seeds=seeds,
                     explainers=tuple(study.explainers),
                     ensemble_sizes=tuple(study.ensemble_sizes or range(1, study.members + 1)),
                     combine=study.combine, bootstrap=study.bootstrap,
@@ -352,6 +358,27 @@ def _typed_variant(file: _Sections, variant: str, config_hash: str
                     budgets=_budgets(study),
                     run=run))
     return cells, errors
+
+
+def _dataset_table(entry: dict[str, Any]) -> dict[str, Any]:
+    """A [[datasets]] entry without the keys that are not the dataset's own."""
+    return {k: v for k, v in entry.items() if k not in ("name", "training")}
+
+
+def _training_overrides(errors: list[SpecError], entry: dict[str, Any], index: int
+                        ) -> dict[str, Any]:
+    """datasets[i].training: the [training] settings this dataset's cells replace (a budget per
+    rule or bag size); {} when absent or wrong (wrong is reported in `errors`)."""
+    extra = entry.get("training", {})
+    where = f"datasets[{index}].training"
+    if not isinstance(extra, dict):
+        errors.append(SpecError(where, extra, "a table of [training] settings for this dataset"))
+        return {}
+    if "device" in extra:
+        errors.append(SpecError(f"{where}.device", extra["device"],
+                                "no device here: set [study] device (see training.device)"))
+        return {}
+    return extra
 
 
 def _budgets(study: StudySection) -> dict[str, Any]:
