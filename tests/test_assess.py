@@ -12,6 +12,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from attnsets.assess import AssessSpec, assess
+from attnsets.assessment import Assessment
 from attnsets.cli import app
 from attnsets.data import DatasetSpec, make_dataset
 from attnsets.errors import SpecError
@@ -104,6 +105,12 @@ def test_trained_ensemble_report_is_complete_and_json_ready(dataset) -> None:  #
     assert assessment.arrays["scores/attention"].shape == (2, *assessment.arrays["mask"].shape)
     assert np.all(assessment.arrays["scores/attention"][:, ~assessment.arrays["mask"]] == 0)
     json.loads(json.dumps(metrics))  # NaN allowed, nothing unserialisable
+    # every stage timed once per explainer, and the times read back from the stored layout
+    stages = {"predict", "deletion/random"} | {f"{kind}/{m}" for m in assessment.methods
+                                               for kind in ("explain", "deletion", "metrics")}
+    assert set(assessment.seconds) == stages and all(v >= 0 for v in assessment.seconds.values())
+    assert Assessment.from_dict(metrics).seconds == assessment.seconds
+    assert result.generate_seconds > 0  # generated from the spec
 
 
 def test_evaluate_command_prints_tables(tmp_path: Path) -> None:

@@ -66,7 +66,12 @@ def golden() -> dict[str, Any]:
                                   "study_frame_columns"])
 def test_front_door_gives_the_numbers_it_gave_before(computed: dict[str, Any],
                                                      golden: dict[str, Any], door: str) -> None:
-    assert_close(json.loads(json.dumps(computed[door])), golden[door], door)
+    new = computed[door]
+    if door == "study_frame_columns":
+        # Columns added since: the stage timings (`seconds.<stage>`, `generate_seconds`), which
+        # no golden number can hold; every column of before is still there.
+        new = [c for c in new if not c.startswith("seconds.") and c != "generate_seconds"]
+    assert_close(json.loads(json.dumps(new)), golden[door], door)
 
 
 @pytest.fixture

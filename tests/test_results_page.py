@@ -412,3 +412,48 @@ def test_learned_share_by_rule_and_model_counts_the_members(page: Path, study_di
             assert n == 2 * 3  # replicates x members
             assert row[model] == f"{100 * k / n:.0f}% ({k}/{n})"
         assert f"| {row['rule']} | {row['attention']} | {row['gated']} |" in table_lines
+
+
+def test_cost_section_accounts_for_every_worker_second(page: Path, study_dir: Path) -> None:
+    from attnsets.study.results import time_by_stage
+
+    stages, totals = time_by_stage(study_dir)
+    assert totals["cells"] == 12
+    # every stage of every cell is counted once: the shares add up to the whole worker time
+    assert stages["seconds"].sum() == pytest.approx(totals["worker_seconds"], rel=1e-9)
+    assert 0 < totals["busy_seconds"] <= totals["worker_seconds"] + 1e-6
+    names = set(stages["stage"])
+    assert {"training", "predict", "deletion curves", "metrics", "unit test",
+            "explain: attention", "explain: integrated_gradients"} <= names
+    assert "assessment" not in names  # every cell of this store timed its stages
+    text = page.read_text()
+    assert "## Cost of this study" in text and "| explain: attention |" in text
+    assert (page.with_suffix("") / "tables" / "stage_times.csv").is_file()
+
+
+def test_stage_seconds_reads_timed_and_older_records() -> None:
+    from attnsets.study.results import stage_seconds
+
+    timed = {"generate_seconds": 1.0, "training": {"seconds": 10.0},
+             "seconds": {"predict": 0.5, "deletion/random": 2.0, "explain/attention": 0.25,
+                         "deletion/attention": 1.0, "metrics/attention": 0.75,
+                         "explain_all_classes/attention": 0.5, "unit_test": 1.0}}
+    assert stage_seconds(timed, 20.0) == {
+        "generate": 1.0, "training": 10.0, "predict": 0.5, "deletion curves": 3.0,
+        "explain: attention": 0.75, "metrics": 0.75, "unit test": 1.0, "other": 3.0}
+    older = {"training": {"seconds": 10.0}}  # written before the stages were timed
+    assert stage_seconds(older, 16.0) == {"training": 10.0, "assessment": 6.0}
+
+
+def test_busy_seconds_is_the_length_of_the_union() -> None:
+    from attnsets.study.results import busy_seconds
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        starts = rng.integers(0, 100, size=6)
+        intervals = [(float(s), float(s + rng.integers(0, 30))) for s in starts]
+        covered = np.zeros(200, dtype=bool)  # brute force on a unit grid
+        for start, end in intervals:
+            covered[int(start):int(end)] = True
+        assert busy_seconds(intervals) == covered.sum()
+    assert busy_seconds([]) == 0.0

@@ -10,8 +10,10 @@ flag. `predict` and `explain_members` are the one place where members are run on
 from __future__ import annotations
 
 import dataclasses
+import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -287,27 +289,44 @@ class _TestData:
 
 def _assess_method(method: str, members: Sequence[SetModel], data: _TestData,
                    member_bag: list[BagMetrics], ensemble_bag: BagMetrics,
-                   random_curves: list[np.ndarray], spec: AssessSpec,
+                   random_curves: list[np.ndarray], spec: AssessSpec, timer: StageTimer,
                    budget: np.ndarray | None = None) -> tuple[ExplainerAssessment, np.ndarray]:
     """One explainer over the members: its typed result and the (K, B', N) scores of the bags
     it scored. budget: rows of `data` that expensive explainers and deletion curves score."""
     from attnsets.explain.base import resolve_method
 
-    criteria = spec.criteria
     deletion = data if budget is None else data.subset(budget)
     if resolve_method(method)[1].expensive:
         data = deletion
-    scores = explain_members(members, data.batches, method, spec.options_for(method), spec.seed)
+    with timer(f"explain/{method}"):
+        scores = explain_members(members, data.batches, method, spec.options_for(method),
+                                 spec.seed)
     # The deletion curves see the budget's bags: a cheap explainer's scores are cut to them.
     deletion_scores = scores if data is deletion else scores[:, budget]
+    with timer(f"deletion/{method}"):
+        aopcs = [_aopc(m, deletion.batches, s, r, spec.deletion_steps, spec.seed)
+                 for m, s, r in zip(members, deletion_scores, random_curves, strict=True)]
+    with timer(f"metrics/{method}"):
+        result = _score_method(method, members, data, scores, aopcs, member_bag, ensemble_bag,
+                               spec)
+    if spec.evaluated_classes == "all":
+        with timer(f"explain_all_classes/{method}"):
+            result = dataclasses.replace(
+                result, all_classes=_all_classes(method, members, data, spec))
+    return result, scores
+
+
+def _score_method(method: str, members: Sequence[SetModel], data: _TestData, scores: np.ndarray,
+                  aopcs: list[Aopc], member_bag: list[BagMetrics], ensemble_bag: BagMetrics,
+                  spec: AssessSpec) -> ExplainerAssessment:
+    """The importance metrics of (K, B, N) `scores` per member and for their ensemble."""
+    criteria = spec.criteria
     reports = [_table(importance_report(s, data.evidence, data.mask, n_boot=spec.bootstrap,
                                         seed=spec.seed)) for s in scores]
     silent = [is_silent_failure(b.to_dict(), r, criteria)[0]
               for b, r in zip(member_bag, reports, strict=True)]
     misleading = [float(misleading_bags(s, data.evidence, data.mask, c).mean())
                   for s, c in zip(scores, data.correct, strict=True)]
-    aopcs = [_aopc(m, deletion.batches, s, r, spec.deletion_steps, spec.seed)
-             for m, s, r in zip(members, deletion_scores, random_curves, strict=True)]
     mean = {k: nanmean([r[k] for r in reports]) for k in reports[0]}
     mean["silent_rate"] = float(np.mean(silent))
     mean["misleading_rate"] = float(np.mean(misleading))
@@ -323,14 +342,11 @@ def _assess_method(method: str, members: Sequence[SetModel], data: _TestData,
             ks=list(spec.ensemble_sizes or range(1, len(members) + 1)),
             n_subsets=spec.curve_subsets, seed=spec.seed, threshold=criteria.max_importance,
             method=spec.combine)]
-    result = ExplainerAssessment(
+    return ExplainerAssessment(
         method=method, members=reports, silent=silent, misleading_rate=misleading, aopc=aopcs,
         member_mean=mean, ensemble=ensemble,
         ensemble_silent=is_silent_failure(ensemble_bag.to_dict(), ensemble, criteria)[0],
-        curve=curve,
-        all_classes=_all_classes(method, members, data, spec)
-        if spec.evaluated_classes == "all" else None)
-    return result, scores
+        curve=curve)
 
 
 def _all_classes(method: str, members: Sequence[SetModel], data: _TestData, spec: AssessSpec
@@ -368,7 +384,9 @@ def assess(members: Sequence[SetModel], dataset: SetDataset, spec: AssessSpec | 
     evidence = torch.cat([b.evidence for b in batches]).cpu().numpy()
     methods, not_applicable = applicable_methods(members[0], batches[0], spec.explainers)
 
-    probs = predict(members, batches)  # (K, B, C)
+    timer = StageTimer()
+    with timer("predict"):
+        probs = predict(members, batches)  # (K, B, C)
     member_bag = [BagMetrics.from_dict(bag_metrics(labels, p)) for p in probs]
     ensemble_bag = BagMetrics.from_dict(bag_metrics(labels, combine_probs(probs)))
     data = _TestData(batches, labels, mask, evidence, probs.argmax(-1) == labels[None, :],
@@ -380,23 +398,44 @@ def assess(members: Sequence[SetModel], dataset: SetDataset, spec: AssessSpec | 
         "probs": probs.astype(np.float32),
         "concepts": torch.cat([b.concepts for b in batches]).cpu().numpy()}
     deletion_batches = batches if budget is None else data.subset(budget).batches
-    random_curves = [_random_curves(m, deletion_batches, spec.deletion_steps, spec.seed,
-                                    spec.random_orders) for m in members] if methods else []
+    with timer("deletion/random"):
+        random_curves = [_random_curves(m, deletion_batches, spec.deletion_steps, spec.seed,
+                                        spec.random_orders) for m in members] if methods else []
     explainers: dict[str, ExplainerAssessment] = {}
     for method in methods:
         explainers[method], scores = _assess_method(method, members, data, member_bag,
-                                                    ensemble_bag, random_curves, spec, budget)
+                                                    ensemble_bag, random_curves, spec, timer,
+                                                    budget)
         if scores.shape[1] != len(labels):  # scored on the budget's bags: 0 elsewhere
             full = np.zeros((scores.shape[0], *mask.shape), dtype=np.float32)
             full[:, budget] = scores
             scores = full
             arrays[f"explained_bags/{method}"] = np.isin(np.arange(len(labels)), budget)
         arrays[f"scores/{method}"] = scores.astype(np.float32)
-    unit = _unit_test(members, dataset, spec, member_bag, ensemble_bag, device) \
-        if dataset.spec.shifted_test else None
+    unit = None
+    if dataset.spec.shifted_test:
+        with timer("unit_test"):
+            unit = _unit_test(members, dataset, spec, member_bag, ensemble_bag, device)
     return Assessment(n_members=len(members), criteria=spec.criteria, member_bag=member_bag,
                       ensemble_bag=ensemble_bag, explainers=explainers,
-                      not_applicable=not_applicable, unit_test=unit, arrays=arrays)
+                      not_applicable=not_applicable, unit_test=unit, arrays=arrays,
+                      seconds=timer.seconds)
+
+
+class StageTimer:
+    """Wall seconds per named stage (``explain/attention``, ``deletion/random``, ...), summed
+    over every entry of the same stage."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
 
 
 def budget_rows(n_bags: int, budget: int | None, seed: int) -> np.ndarray | None:

@@ -228,6 +228,10 @@ class Assessment:
     not_applicable: dict[str, str] = field(default_factory=dict)
     unit_test: UnitTest | None = None
     arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    #: Wall seconds per stage of the assessment: ``predict``, ``deletion/random`` (the
+    #: random-order reference curves), ``explain/<method>``, ``deletion/<method>``,
+    #: ``metrics/<method>``, ``explain_all_classes/<method>``, ``unit_test``.
+    seconds: dict[str, float] = field(default_factory=dict, compare=False)
 
     @property
     def member_mean_bag(self) -> BagMetrics:
@@ -287,6 +291,8 @@ class Assessment:
         if every_class:  # absent otherwise, as in stores written before it existed
             out["all_classes"] = every_class
         out["headline"] = self.headline()
+        if self.seconds:  # absent in stores written before stages were timed
+            out["seconds"] = dict(self.seconds)
         return out
 
     @staticmethod
@@ -320,7 +326,7 @@ class Assessment:
             ensemble_bag=BagMetrics.from_dict(ensemble.get("bag", {})),
             explainers=explainers, not_applicable=dict(data.get("not_applicable", {})),
             unit_test=UnitTest.from_dict(unit) if unit else None,
-            arrays=dict(arrays or {}))
+            arrays=dict(arrays or {}), seconds=_floats(data.get("seconds", {})))
 
 
 _DEFAULT_CRITERIA = {f.name: f.default for f in fields(SilentFailureCriteria)}

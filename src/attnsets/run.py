@@ -147,6 +147,8 @@ class RunResult:
     training: TrainingSummary
     assessment: Assessment | None = None
     outputs: dict[str, SplitOutputs] = field(default_factory=dict)
+    #: Seconds spent generating the data (0 when the dataset was given).
+    generate_seconds: float = 0.0
 
 
 def training_spec(training: TrainSpec | Mapping[str, Any] | None,
@@ -200,14 +202,17 @@ def execute(spec: RunSpec, dataset: SetDataset | None = None,
             progress: Progress | None = None) -> RunResult:
     """Run `spec`: data (generated from spec.dataset unless `dataset` is given), training,
     assessment on the test split, and the requested per-split outputs."""
+    generate_seconds = 0.0
     if dataset is None:
         if spec.dataset is None:
             raise SpecError("dataset", None, "a DatasetSpec in the RunSpec, or a SetDataset")
         if progress:
             progress("generating the data")
+        started = time.perf_counter()
         dataset = make_dataset(spec.dataset)
+        generate_seconds = time.perf_counter() - started
     members, training = train_members(spec.model, dataset, spec.training, spec.seeds, progress)
-    result = RunResult(spec, dataset, members, training)
+    result = RunResult(spec, dataset, members, training, generate_seconds=generate_seconds)
     if spec.assess is not None:
         if progress:
             progress("assessing")

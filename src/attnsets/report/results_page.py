@@ -35,6 +35,7 @@ from attnsets.report.findings import (
 )
 from attnsets.report.style import Palette, new_figure, report_style, save_figure
 from attnsets.report.tables import to_markdown
+from attnsets.study.results import time_by_stage
 
 Progress = Callable[[str], None]
 #: Report figures copied next to the page (PNG only: the SVGs double the size of the repo).
@@ -487,6 +488,22 @@ def run_facts(directory: Path) -> str:
             f"interruption before a `--resume`). Versions: {shown}.")
 
 
+def _section_cost(stages: pd.DataFrame, totals: dict[str, float]) -> list[str]:
+    """Where the worker time of the study went, by stage (from the timings in each cell)."""
+    if stages.empty:
+        return []
+    shown = stages.assign(
+        hours=(stages["seconds"] / 3600).map(lambda v: f"{v:.2f}"),
+        share=(100 * stages["share"]).map(lambda v: f"{v:.0f}%"))[["stage", "hours", "share",
+                                                                    "cells"]]
+    return ["## Cost of this study", "",
+            f"{totals['cells']:.0f} cells, {totals['worker_seconds'] / 3600:.1f} h of worker time, "
+            f"{totals['busy_seconds'] / 3600:.1f} h of wall time while at least one cell ran "
+            "(pauses between resumed runs left out). Worker time by stage, summed over cells; "
+            "cells written before the assessment's stages were timed count it as one "
+            "`assessment` entry:", "", to_markdown(shown).rstrip(), ""]
+
+
 def write_results_page(results_dir: str | Path, out: str | Path, *,
                        command: str = "make results", progress: Progress | None = None) -> Path:
     """Write `out` (Markdown) and its assets directory (`out` without suffix: figures/ and
@@ -646,6 +663,9 @@ def _render(study: StudyView, staging: Path, assets_name: str, command: str,
         lines += ["## 7. Example bags", ""]
         for name in examples:
             lines += fig(name, name.replace("_", " "))
+    stages, totals = time_by_stage(study.directory)
+    stages.to_csv(assets / TABLE_DIR / "stage_times.csv", index=False)
+    lines += _section_cost(stages, totals)
     lines += ["## Limitations", "",
               "- Synthetic data only: the witnesses are known because we made them. The numbers "
               "say how these models behave on these rules, sizes and training budgets.",

@@ -16,7 +16,8 @@ def evaluate_cell(cell: Cell) -> CellRecord:
     started = time.time()
     result = execute(cell.run_spec)
     assert result.assessment is not None  # a study cell always assesses
-    metrics = {**result.assessment.to_dict(), "training": result.training.to_dict()}
+    metrics = {**result.assessment.to_dict(), "training": result.training.to_dict(),
+               "generate_seconds": result.generate_seconds}
     return CellRecord(cell_id=cell.cell_id, study=cell.study, status="done", spec=cell.to_dict(),
                       metrics=metrics, seeds=list(cell.seeds), config_hash=cell.config_hash,
                       started=started, finished=time.time(), arrays=result.assessment.arrays,

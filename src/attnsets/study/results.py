@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,3 +62,64 @@ def export_results(directory: str | Path, path: str | Path) -> Path:
     """Write the results table as CSV or Parquet (chosen by the file ending)."""
     check_table_path(path, "export")  # before reading the store
     return write_table(results_frame(directory), path, "export")
+
+
+def stage_seconds(metrics: Mapping[str, Any], cell_seconds: float) -> dict[str, float]:
+    """Worker seconds of one cell per stage family: ``generate``, ``training``, ``predict``,
+    ``explain: <method>`` (for the bag's label and, with evaluated_classes "all", every class),
+    ``deletion curves`` (ranked and random orders), ``metrics`` (importance reports, bootstraps,
+    ensemble-size curves), ``unit test``, and ``other`` (the rest of `cell_seconds`). A record
+    written before the assessment's stages were timed has one ``assessment`` entry instead."""
+    out: dict[str, float] = {}
+
+    def add(name: str, value: float) -> None:
+        out[name] = out.get(name, 0.0) + float(value)
+
+    add("generate", metrics.get("generate_seconds", 0.0))
+    add("training", metrics.get("training", {}).get("seconds", 0.0))
+    timed = metrics.get("seconds", {})
+    for stage, value in timed.items():
+        kind, _, method = stage.partition("/")
+        if kind in ("explain", "explain_all_classes"):
+            add(f"explain: {method}", value)
+        else:
+            add({"deletion": "deletion curves", "unit_test": "unit test"}.get(kind, kind), value)
+    rest = cell_seconds - sum(out.values())
+    add("other" if timed else "assessment", max(rest, 0.0))
+    return {k: v for k, v in out.items() if v > 0}
+
+
+def busy_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of (start, end) intervals: the wall time during which at least one
+    cell ran (a resumed study's pauses between runs do not count)."""
+    total, reach = 0.0, -math.inf
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+def time_by_stage(directory: str | Path) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Where a study's worker time went: one row per stage family (seconds, share, cells that
+    have it), largest first; and the totals ``cells``, ``worker_seconds``, ``busy_seconds``."""
+    store = ResultsStore(directory)
+    try:
+        records = [r for r in store.records() if r["status"] == "done"]
+    finally:
+        store.close()
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for rec in records:
+        for stage, value in stage_seconds(rec["metrics"], rec["seconds"]).items():
+            sums[stage] = sums.get(stage, 0.0) + value
+            counts[stage] = counts.get(stage, 0) + 1
+    worker = float(sum(r["seconds"] for r in records))
+    frame = pd.DataFrame([{"stage": k, "seconds": v, "share": v / worker if worker else math.nan,
+                           "cells": counts[k]} for k, v in sums.items()],
+                         columns=["stage", "seconds", "share", "cells"])
+    frame = frame.sort_values("seconds", ascending=False, ignore_index=True)
+    totals = {"cells": float(len(records)), "worker_seconds": worker,
+              "busy_seconds": busy_seconds([(r["started"], r["finished"]) for r in records
+                                            if r["started"] and r["finished"]])}
+    return frame, totals
