@@ -80,6 +80,10 @@ def test_tiny_study_end_to_end_and_results_export(tmp_path: Path) -> None:
         assert result.exit_code == 0, result.output
         back = pd.read_csv(out) if suffix == "csv" else pd.read_parquet(out)
         assert len(back) == 4 and "headline.bag_accuracy" in back.columns
+    timed = runner.invoke(app, ["results", str(tmp_path), "--times", "--no-headline"])
+    assert timed.exit_code == 0, timed.output
+    assert "where the time went" in timed.output and "training" in timed.output
+    assert "explain: attention" in timed.output and "4 cells" in timed.output
     # The same store without --resume is refused; with --resume nothing is redone.
     with pytest.raises(StudyExistsError, match="--resume"):
         run_study(validate_config(raw), tmp_path, show_progress=False)

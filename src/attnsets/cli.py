@@ -313,6 +313,7 @@ def results(
     directory: Path = typer.Argument(..., help="a study's results directory"),
     export: Path | None = typer.Option(None, help="write the table to .csv or .parquet"),
     headline: bool = typer.Option(True, help="print the headline table"),
+    times: bool = typer.Option(False, "--times", help="print the worker time by stage"),
 ) -> None:
     """Print (or export) the results table of a study."""
     from attnsets.study.results import export_results, results_frame
@@ -329,6 +330,24 @@ def results(
     console.print(f"{len(frame)} cells: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     if headline and len(frame):
         _print_headline(directory)
+    if times and len(frame):
+        _print_times(directory)
+
+
+def _print_times(out: Path) -> None:
+    from attnsets.study.results import time_by_stage
+
+    stages, totals = time_by_stage(out)
+    view = Table(title="where the time went",
+                 caption=f"{totals['cells']:.0f} cells, {totals['worker_seconds'] / 3600:.2f} h "
+                         f"of worker time, {totals['busy_seconds'] / 3600:.2f} h of wall time "
+                         "while a cell ran")
+    for col in ("stage", "hours", "share", "cells"):
+        view.add_column(col, justify="left" if col == "stage" else "right")
+    for row in stages.itertuples(index=False):
+        view.add_row(str(row.stage), f"{row.seconds / 3600:.2f}", f"{100 * row.share:.0f}%",
+                     str(row.cells))
+    console.print(view)
 
 
 @app.command()
