@@ -189,6 +189,39 @@ def test_every_class_scoring_matches_the_hand_computation(dataset) -> None:  # t
     assert "all_classes" not in label_only.to_dict()
 
 
+def test_every_class_scoring_reuses_the_label_pass_exactly(dataset) -> None:  # type: ignore[no-untyped-def]
+    """A bag is explained for its own label once; for every class the pairs equal explaining
+    every bag for that class from scratch (class-dependent explainers, with and without a bag
+    budget)."""
+    from attnsets.assess import budget_rows, explain_members, padded_batches
+    from attnsets.metrics import importance_report
+
+    models = [handcrafted(dataset, 1.0), handcrafted(dataset, -1.0)]
+    for budget in (None, 25):
+        spec = AssessSpec(explainers=("gradient", "leave_one_out"), bootstrap=5,
+                          evaluated_classes="all", bag_budget=budget)
+        result = assess(models, dataset, spec)
+        for method in spec.explainers:
+            rows = budget_rows(len(dataset.test), budget, spec.seed) \
+                if method == "leave_one_out" else None
+            index = np.arange(len(dataset.test)) if rows is None else rows
+            scores, evidence, mask = [], [], []
+            for c in range(2):
+                batches = padded_batches(dataset.test, spec.batch_size, target=c, index=index)
+                scores.append(explain_members(models, batches, method, seed=spec.seed))
+                evidence.append(torch.cat([b.evidence for b in batches]).numpy())
+                mask.append(torch.cat([b.mask for b in batches]).numpy())
+            expected = [importance_report(s, np.concatenate(evidence), np.concatenate(mask),
+                                          n_boot=spec.bootstrap, seed=spec.seed)
+                        for s in np.concatenate(scores, axis=1)]
+            got = result.explainers[method].all_classes
+            assert got is not None
+            for member, want in zip(got.members, expected, strict=True):
+                assert member.keys() == want.keys()
+                for key, value in want.items():
+                    assert member[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
+
+
 def test_a_bag_budget_scores_expensive_explainers_on_a_seeded_subset(dataset) -> None:  # type: ignore[no-untyped-def]
     """leave_one_out (declared expensive) and every deletion curve see `bag_budget` test bags;
     attention still sees all. A bag's scores do not depend on the bags beside it, so the budget's

@@ -274,10 +274,6 @@ class _TestData:
     n_classes: int
     index: np.ndarray  # (B,) the split's bags these rows hold
 
-    def for_class(self, target: int) -> list[Batch]:
-        """These bags collated for class `target` (scores and evidence refer to it)."""
-        return padded_batches(self.split, self.batch_size, self.device, target, self.index)
-
     def subset(self, rows: np.ndarray) -> _TestData:
         """The same data for the bags at `rows` of this one (e.g. a bag budget's subset)."""
         return dataclasses.replace(
@@ -312,7 +308,7 @@ def _assess_method(method: str, members: Sequence[SetModel], data: _TestData,
     if spec.evaluated_classes == "all":
         with timer(f"explain_all_classes/{method}"):
             result = dataclasses.replace(
-                result, all_classes=_all_classes(method, members, data, spec))
+                result, all_classes=_all_classes(method, members, data, spec, scores))
     return result, scores
 
 
@@ -349,19 +345,30 @@ def _score_method(method: str, members: Sequence[SetModel], data: _TestData, sco
         curve=curve)
 
 
-def _all_classes(method: str, members: Sequence[SetModel], data: _TestData, spec: AssessSpec
-                 ) -> ClassScores:
+def _all_classes(method: str, members: Sequence[SetModel], data: _TestData, spec: AssessSpec,
+                 label_scores: np.ndarray) -> ClassScores:
     """Every bag explained for every class c against c's signed evidence; the importance
-    metrics over all (bag, class) pairs, per member and their mean."""
-    scores, evidence, mask = [], [], []
+    metrics over all (bag, class) pairs, per member and their mean. label_scores: (K, B, N), the
+    bags of `data` explained for their own label: reused for that class (a bag's scores do not
+    depend on the bags beside it), so only the other classes are explained here."""
+    scores, evidence = [], []
     for c in range(data.n_classes):
-        batches = data.for_class(c)
-        scores.append(explain_members(members, batches, method, spec.options_for(method),
-                                      spec.seed))
-        evidence.append(torch.cat([b.evidence for b in batches]).cpu().numpy())
-        mask.append(torch.cat([b.mask for b in batches]).cpu().numpy())
+        own = data.labels == c
+        class_scores = np.zeros_like(label_scores)
+        class_scores[:, own] = label_scores[:, own]
+        class_evidence = data.evidence.copy()  # the label's evidence: right on the own rows
+        others = np.flatnonzero(~own)
+        if len(others):
+            batches = padded_batches(data.split, data.batch_size, data.device, c,
+                                     data.index[others])
+            class_scores[:, others] = explain_members(members, batches, method,
+                                                      spec.options_for(method), spec.seed)
+            class_evidence[others] = torch.cat([b.evidence for b in batches]).cpu().numpy()
+        scores.append(class_scores)
+        evidence.append(class_evidence)
     pairs_scores = np.concatenate(scores, axis=1)  # (K, C * B, N)
-    pairs_evidence, pairs_mask = np.concatenate(evidence), np.concatenate(mask)
+    pairs_evidence = np.concatenate(evidence)
+    pairs_mask = np.concatenate([data.mask] * data.n_classes)
     reports = [_table(importance_report(s, pairs_evidence, pairs_mask, n_boot=spec.bootstrap,
                                         seed=spec.seed)) for s in pairs_scores]
     return ClassScores(data.n_classes, reports,
