@@ -428,6 +428,7 @@ def test_cost_section_accounts_for_every_worker_second(page: Path, study_dir: Pa
     assert "assessment" not in names  # every cell of this store timed its stages
     text = page.read_text()
     assert "## Cost of this study" in text and "| explain: attention |" in text
+    assert "| training |" in text
     assert (page.with_suffix("") / "tables" / "stage_times.csv").is_file()
 
 

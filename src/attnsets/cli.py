@@ -342,10 +342,10 @@ def _print_times(out: Path) -> None:
                  caption=f"{totals['cells']:.0f} cells, {totals['worker_seconds'] / 3600:.2f} h "
                          f"of worker time, {totals['busy_seconds'] / 3600:.2f} h of wall time "
                          "while a cell ran")
-    for col in ("stage", "hours", "share", "cells"):
+    for col in ("stage", "minutes", "share", "cells"):
         view.add_column(col, justify="left" if col == "stage" else "right")
     for row in stages.itertuples(index=False):
-        view.add_row(str(row.stage), f"{row.seconds / 3600:.2f}", f"{100 * row.share:.0f}%",
+        view.add_row(str(row.stage), f"{row.seconds / 60:.1f}", f"{100 * row.share:.1f}%",
                      str(row.cells))
     console.print(view)
 

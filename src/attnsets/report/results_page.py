@@ -493,8 +493,8 @@ def _section_cost(stages: pd.DataFrame, totals: dict[str, float]) -> list[str]:
     if stages.empty:
         return []
     shown = stages.assign(
-        hours=(stages["seconds"] / 3600).map(lambda v: f"{v:.2f}"),
-        share=(100 * stages["share"]).map(lambda v: f"{v:.0f}%"))[["stage", "hours", "share",
+        minutes=(stages["seconds"] / 60).map(lambda v: f"{v:.1f}"),
+        share=(100 * stages["share"]).map(lambda v: f"{v:.1f}%"))[["stage", "minutes", "share",
                                                                     "cells"]]
     return ["## Cost of this study", "",
             f"{totals['cells']:.0f} cells, {totals['worker_seconds'] / 3600:.1f} h of worker time, "
