@@ -1,4 +1,4 @@
-"""The slice of configs/paper-large.toml that fits a 2-core session: replicate 0, the ~200-instance
+"""The slice of configs/paper-large.toml that fits a 2-core session: replicates 0 and 1, the ~200-instance
 dataset with every pooling and the ~1,000-instance gaussian dataset with the poolings that have no
 self-attention (a self-attention cell at N = 1,000 is about an hour, docs/benchmarks.md), then
 its results page.
@@ -20,10 +20,11 @@ from attnsets.study.runner import run_study
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "paper-large.toml"
 SELF_ATTENTION = {"multihead_attention", "set_transformer", "transformer_cls"}
+REPLICATES = (0, 1)
 
 
 def in_slice(cell: Cell) -> bool:
-    if cell.replicate != 0:
+    if cell.replicate not in REPLICATES:
         return False
     return cell.dataset_name == "gaussian-presence-200" or (
         cell.dataset_name == "gaussian-presence-1000" and cell.model_name not in SELF_ATTENTION)

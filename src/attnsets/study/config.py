@@ -299,15 +299,15 @@ def _typed_variant(file: _Sections, variant: str, config_hash: str
         errors.append(SpecError("training.device", file.training["device"],
                                 "no device here: set [study] device, which is not part of a "
                                 "cell's identity (so runs on the CPU and a GPU resume each other)"))
+    device = study.device if study is not None else "auto"
     training = None if file.training is None else _collect(
-        errors, "training", lambda: TrainSpec.from_dict(
-            {**file.training, "device": study.device if study is not None else "auto"}, ""))
+        errors, "training", lambda: TrainSpec.from_dict({**file.training, "device": device}, ""))
     datasets = [_collect(errors, f"datasets[{i}]", lambda e=entry: DatasetSpec.from_dict(
         _dataset_table(e))) for i, entry in enumerate(file.datasets)]
     overrides = [_training_overrides(errors, entry, i) for i, entry in enumerate(file.datasets)]
     trainings = [training if training is None or not extra else _collect(
         errors, f"datasets[{i}].training", lambda x=extra: TrainSpec.from_dict(
-            {**file.training, **x, "device": study.device if study is not None else "auto"}, ""))
+            {**file.training, **x, "device": device}, ""))
         for i, extra in enumerate(overrides)]
     models = [_collect(errors, f"models[{i}]", lambda e=entry: build_dataclass(
         ModelSpec, {k: v for k, v in e.items() if k != "name"}, ""))
