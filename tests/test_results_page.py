@@ -403,7 +403,7 @@ def test_learned_share_by_rule_and_model_counts_the_members(page: Path, study_di
     assert list(grid.columns) == ["rule", "attention", "gated"]  # mean pooling has none
     assert list(grid["rule"]) == sorted(set(one["rule"]))
     text = page.read_text()
-    assert "no linear read-out separates it" in text
+    assert "a count rather than a conjunction" in text
     table_lines = [line for line in text.splitlines() if line.startswith("| ")]
     for _, row in grid.iterrows():
         for model in ("attention", "gated"):

@@ -421,10 +421,11 @@ def _learned_by_rule_and_model(members: pd.DataFrame, models: list[str],
     return ["**Learned, by rule and model.** A silent failure can only be observed on a member "
             "that learned its task. A rule that one architecture never learns while others do "
             "says something about the architecture, not about its attention (e.g. `all_of` for "
-            "single-head attention pooling with a linear classifier: the pooled vector is a "
-            "convex combination of the instance embeddings, so \"both concepts present\" lies "
-            "between \"only A\" and \"only B\" and no linear read-out separates it). Share of "
-            "each model's members that learned the task:", "",
+            "single-head attention pooling with a linear classifier: the bag's logit is an "
+            "attention-weighted average of its instances' logits, so a bag with both concepts "
+            "scores between its A and its B instances and is told from a bag with only one of "
+            "them only by how much weight the background takes, a count rather than a "
+            "conjunction). Share of each model's members that learned the task:", "",
             to_markdown(learned_share_grid(learned, models)).rstrip(), ""]
 
 
