@@ -39,7 +39,8 @@ def main() -> None:
     summary = run_study(load_study(CONFIG), args.out, workers=args.workers, resume=True,
                         only=in_slice)
     print(summary)
-    write_results_page(args.out, args.page, command="python benchmarks/paper_large_slice.py")
+    write_results_page(args.out, args.page, command="python benchmarks/paper_large_slice.py",
+                       progress=lambda step: print(f"results page: {step}", flush=True))
 
 
 if __name__ == "__main__":  # spawned workers import this file: run only in the parent

@@ -428,7 +428,7 @@ def test_cost_section_accounts_for_every_worker_second(page: Path, study_dir: Pa
     assert "assessment" not in names  # every cell of this store timed its stages
     text = page.read_text()
     assert "## Cost of this study" in text and "| explain: attention |" in text
-    assert "| training |" in text
+    assert "| training |" in text and "12 cells, " in text and "of worker time" in text
     assert (page.with_suffix("") / "tables" / "stage_times.csv").is_file()
 
 
@@ -444,6 +444,17 @@ def test_stage_seconds_reads_timed_and_older_records() -> None:
         "explain: attention": 0.75, "metrics": 0.75, "unit test": 1.0, "other": 3.0}
     older = {"training": {"seconds": 10.0}}  # written before the stages were timed
     assert stage_seconds(older, 16.0) == {"training": 10.0, "assessment": 6.0}
+
+
+def test_cost_summary_and_stage_table_read_as_text() -> None:
+    from attnsets.study.results import cost_summary, stage_table
+
+    assert cost_summary({"cells": 3, "worker_seconds": 7200.0, "busy_seconds": 90.0}) == \
+        "3 cells, 2.0 h of worker time, 1.5 min of wall time while at least one cell ran"
+    stages = pd.DataFrame({"stage": ["training", "predict"], "seconds": [90.0, 6.0],
+                           "share": [0.9, 0.06], "cells": [2, 2]})
+    assert stage_table(stages).values.tolist() == [["training", "1.5", "90.0%", "2"],
+                                                   ["predict", "0.1", "6.0%", "2"]]
 
 
 def test_busy_seconds_is_the_length_of_the_union() -> None:

@@ -335,18 +335,15 @@ def results(
 
 
 def _print_times(out: Path) -> None:
-    from attnsets.study.results import time_by_stage
+    from attnsets.study.results import cost_summary, stage_table, time_by_stage
 
     stages, totals = time_by_stage(out)
-    view = Table(title="where the time went",
-                 caption=f"{totals['cells']:.0f} cells, {totals['worker_seconds'] / 3600:.2f} h "
-                         f"of worker time, {totals['busy_seconds'] / 3600:.2f} h of wall time "
-                         "while a cell ran")
-    for col in ("stage", "minutes", "share", "cells"):
+    rows = stage_table(stages)
+    view = Table(title="where the time went", caption=cost_summary(totals))
+    for col in rows.columns:
         view.add_column(col, justify="left" if col == "stage" else "right")
-    for row in stages.itertuples(index=False):
-        view.add_row(str(row.stage), f"{row.seconds / 60:.1f}", f"{100 * row.share:.1f}%",
-                     str(row.cells))
+    for row in rows.itertuples(index=False):
+        view.add_row(*row)
     console.print(view)
 
 

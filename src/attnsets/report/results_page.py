@@ -35,7 +35,7 @@ from attnsets.report.findings import (
 )
 from attnsets.report.style import Palette, new_figure, report_style, save_figure
 from attnsets.report.tables import to_markdown
-from attnsets.study.results import time_by_stage
+from attnsets.study.results import cost_summary, stage_table, time_by_stage
 
 Progress = Callable[[str], None]
 #: Report figures copied next to the page (PNG only: the SVGs double the size of the repo).
@@ -493,16 +493,11 @@ def _section_cost(stages: pd.DataFrame, totals: dict[str, float]) -> list[str]:
     """Where the worker time of the study went, by stage (from the timings in each cell)."""
     if stages.empty:
         return []
-    shown = stages.assign(
-        minutes=(stages["seconds"] / 60).map(lambda v: f"{v:.1f}"),
-        share=(100 * stages["share"]).map(lambda v: f"{v:.1f}%"))[["stage", "minutes", "share",
-                                                                    "cells"]]
     return ["## Cost of this study", "",
-            f"{totals['cells']:.0f} cells, {totals['worker_seconds'] / 3600:.1f} h of worker time, "
-            f"{totals['busy_seconds'] / 3600:.1f} h of wall time while at least one cell ran "
-            "(pauses between resumed runs left out). Worker time by stage, summed over cells; "
-            "cells written before the assessment's stages were timed count it as one "
-            "`assessment` entry:", "", to_markdown(shown).rstrip(), ""]
+            f"{cost_summary(totals)} (pauses between resumed runs left out). Worker time by "
+            "stage, summed over cells; cells written before the assessment's stages were timed "
+            "count it as one `assessment` entry:", "", to_markdown(stage_table(stages)).rstrip(),
+            ""]
 
 
 def write_results_page(results_dir: str | Path, out: str | Path, *,

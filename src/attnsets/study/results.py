@@ -123,3 +123,21 @@ def time_by_stage(directory: str | Path) -> tuple[pd.DataFrame, dict[str, float]
               "busy_seconds": busy_seconds([(r["started"], r["finished"]) for r in records
                                             if r["started"] and r["finished"]])}
     return frame, totals
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+def cost_summary(totals: Mapping[str, float]) -> str:
+    """time_by_stage's totals in one line: cells, worker time, wall time while a cell ran."""
+    return (f"{totals['cells']:.0f} cells, {_duration(totals['worker_seconds'])} of worker time, "
+            f"{_duration(totals['busy_seconds'])} of wall time while at least one cell ran")
+
+
+def stage_table(stages: pd.DataFrame) -> pd.DataFrame:
+    """time_by_stage's rows as text for printing: stage, minutes, share (%), cells."""
+    return pd.DataFrame({"stage": stages["stage"],
+                         "minutes": (stages["seconds"] / 60).map(lambda v: f"{v:.1f}"),
+                         "share": (100 * stages["share"]).map(lambda v: f"{v:.1f}%"),
+                         "cells": stages["cells"].astype(str)})
