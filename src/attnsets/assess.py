@@ -14,7 +14,7 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,13 @@ from attnsets.data.bags import BagSplit, Batch, collate
 from attnsets.data.generate import SetDataset
 from attnsets.device import check_device_string, device_of, resolve_device
 from attnsets.errors import SpecError
-from attnsets.explain import available_methods, deletion_curve, explain, random_deletion_curve
+from attnsets.explain import (
+    EXPLAINERS,
+    available_methods,
+    deletion_curve,
+    explain,
+    random_deletion_curve,
+)
 from attnsets.metrics import (
     COMBINE_METHODS,
     SilentFailureCriteria,
@@ -50,19 +56,26 @@ from attnsets.metrics import (
     unit_test_flag,
 )
 from attnsets.models.base import SetModel, logits_only
+from attnsets.spec.constraints import (
+    InstanceOf,
+    Interval,
+    Options,
+    Registered,
+    SequenceOf,
+    TableOf,
+    check_declared,
+    constrained,
+    or_none,
+    validate,
+)
 
 #: Which classes each bag is explained for: its label only, or every class as well.
 EVALUATED_CLASSES = ("label", "all")
 
 
-def _int_at_least(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise SpecError(name, value, f"an integer >= {minimum}")
-
-
 @dataclass(frozen=True)
 class AssessSpec:
-    """What to compute, validated when built.
+    """What to compute, validated when built (each field's constraint is declared beside it).
 
     explainers: registered method names; explainer_options: {method: {option: value}} passed
     to that method (see docs/explainers.md); the `seed` of a seeded method is `seed` + the
@@ -78,72 +91,42 @@ class AssessSpec:
     many test bags, one seeded random subset per assessment (None = all; the statistical cost
     is in docs/metrics.md); random_orders: random removal orders of the AOPC reference."""
 
-    explainers: tuple[str, ...] = ("attention", "random")
-    explainer_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    criteria: SilentFailureCriteria = field(default_factory=SilentFailureCriteria)
-    combine: str = "mean_normalised"
-    ensemble_sizes: tuple[int, ...] | None = None
-    curve_subsets: int = 50
-    bootstrap: int = 200
-    deletion_steps: int = 10
-    batch_size: int = 128
-    seed: int = 0
+    explainers: tuple[str, ...] = constrained(
+        SequenceOf(Registered(EXPLAINERS), min_length=1, distinct=True),
+        default=("attention", "random"))
+    explainer_options: Mapping[str, Mapping[str, Any]] = constrained(
+        TableOf(TableOf(description="a table {option: value}"),
+                description="a table {explainer: {option: value}}"), default_factory=dict)
+    criteria: SilentFailureCriteria = constrained(InstanceOf(SilentFailureCriteria),
+                                                  default_factory=SilentFailureCriteria)
+    combine: str = constrained(Options(COMBINE_METHODS), default="mean_normalised")
+    ensemble_sizes: tuple[int, ...] | None = constrained(
+        or_none(SequenceOf(Interval(int, 1), min_length=1)), default=None)
+    curve_subsets: int = constrained(Interval(int, 1), default=50)
+    bootstrap: int = constrained(Interval(int, 0), default=200)
+    deletion_steps: int = constrained(Interval(int, 1), default=10)
+    batch_size: int = constrained(Interval(int, 1), default=128)
+    seed: int = constrained(Interval(int, 0), default=0)
     device: str | None = None
-    evaluated_classes: str = "label"
-    bag_budget: int | None = None
-    random_orders: int = 10
+    evaluated_classes: str = constrained(Options(EVALUATED_CLASSES), default="label")
+    bag_budget: int | None = constrained(or_none(Interval(int, 1)), default=None)
+    random_orders: int = constrained(Interval(int, 1), default=10)
 
     def __post_init__(self) -> None:
-        from attnsets.explain import EXPLAINERS
         from attnsets.explain.base import check_options
 
-        if isinstance(self.explainers, str) or not isinstance(self.explainers, Sequence) \
-                or not self.explainers:
-            raise SpecError("explainers", self.explainers, "a non-empty list of explainer names")
-        object.__setattr__(self, "explainers", tuple(self.explainers))
-        for i, name in enumerate(self.explainers):
-            if name not in EXPLAINERS:
-                raise SpecError(f"explainers[{i}]", name, f"one of {EXPLAINERS.names()}")
-        if len(set(self.explainers)) != len(self.explainers):
-            raise SpecError("explainers", list(self.explainers), "each explainer named once")
-        if not isinstance(self.explainer_options, Mapping):
-            raise SpecError("explainer_options", self.explainer_options,
-                            "a table {explainer: {option: value}}")
+        check_declared(self)
         for name, options in self.explainer_options.items():
             where = f"explainer_options.{name}"
             if name not in self.explainers:
                 raise SpecError(where, options, f"options of a chosen explainer "
                                                 f"{list(self.explainers)}")
-            if not isinstance(options, Mapping):
-                raise SpecError(where, options, "a table {option: value}")
             if "seed" in options:
                 raise SpecError(f"{where}.seed", options["seed"],
                                 "no seed option here: member i uses seed + i (set `seed`)")
             check_options(name, EXPLAINERS.get(name), options, where)
-        if not isinstance(self.criteria, SilentFailureCriteria):
-            raise SpecError("criteria", self.criteria, "a SilentFailureCriteria")
-        if self.combine not in COMBINE_METHODS:
-            raise SpecError("combine", self.combine, f"one of {list(COMBINE_METHODS)}")
-        if self.ensemble_sizes is not None:
-            sizes = self.ensemble_sizes
-            if isinstance(sizes, str) or not isinstance(sizes, Sequence) or not sizes:
-                raise SpecError("ensemble_sizes", sizes, "None or a non-empty list of sizes >= 1")
-            for i, k in enumerate(sizes):
-                _int_at_least(f"ensemble_sizes[{i}]", k, 1)
-            object.__setattr__(self, "ensemble_sizes", tuple(int(k) for k in sizes))
-        _int_at_least("curve_subsets", self.curve_subsets, 1)
-        _int_at_least("bootstrap", self.bootstrap, 0)
-        _int_at_least("deletion_steps", self.deletion_steps, 1)
-        _int_at_least("batch_size", self.batch_size, 1)
-        _int_at_least("seed", self.seed, 0)
         if self.device is not None:
             check_device_string(self.device, "device")
-        if self.bag_budget is not None:
-            _int_at_least("bag_budget", self.bag_budget, 1)
-        _int_at_least("random_orders", self.random_orders, 1)
-        if self.evaluated_classes not in EVALUATED_CLASSES:
-            raise SpecError("evaluated_classes", self.evaluated_classes,
-                            f"one of {list(EVALUATED_CLASSES)}")
 
     def check_members(self, n_members: int) -> list[SpecError]:
         """Problems of this spec for an ensemble of `n_members` (sizes larger than it)."""
@@ -154,17 +137,12 @@ class AssessSpec:
         return dict(self.explainer_options.get(method, {}))
 
     @staticmethod
-    def from_dict(data: Mapping[str, Any], path: str = "assess",
+    def from_dict(data: Mapping[str, object], path: str = "assess",
                   criteria: SilentFailureCriteria | None = None) -> AssessSpec:
-        """From a config table (unknown keys and bad values raise SpecError at `path.key`)."""
-        from attnsets.registry import build_dataclass
-
-        if not isinstance(data, Mapping):
-            raise SpecError(path, data, "a table of assessment settings")
-        table = dict(data)
-        if criteria is not None:
-            table["criteria"] = criteria
-        return build_dataclass(AssessSpec, table, path)  # type: ignore[no-any-return]
+        """From a config table: every unknown key and bad value raised at once as SpecErrors
+        at `path.key`; `criteria` (e.g. from [thresholds]) is not a key of the table."""
+        return validate(AssessSpec, data, path,
+                        fixed=None if criteria is None else {"criteria": criteria})
 
 
 def padded_batches(split: BagSplit, batch_size: int, device: torch.device | None = None,

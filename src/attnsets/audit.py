@@ -35,7 +35,7 @@ from attnsets.metrics import SilentFailureCriteria
 from attnsets.models import POOLINGS, InputInfo, ModelSpec, SetModel, build_model
 from attnsets.models.user import ModelBuilder, ProbeReport, build_member, load_builder, probe_model
 from attnsets.registry import build_dataclass
-from attnsets.run import RunSpec, execute, member_seeds, training_spec
+from attnsets.run import QUICK_TRAINING, RunSpec, execute, member_seeds, training_spec
 from attnsets.training import TrainSpec
 
 Progress = Callable[[str], None]
@@ -45,9 +45,8 @@ AUDIT_EMBED_DIM = 32
 AUDIT_PER_ENCODER: dict[str, dict[str, Any]] = {
     "cnn": {"channels": [8, 16], "kernel_size": 3}, "seq_cnn": {"channels": 32}}
 
-#: Training used when `audit(training=None)`: enough for every default entry to be learnable.
-AUDIT_TRAINING: dict[str, Any] = {"epochs": 30, "batch_size": 16, "lr": 0.002,
-                                  "weight_decay": 0.0001, "patience": 6}
+#: Training used when `audit(training=None)` (run.QUICK_TRAINING, shared with explain-data).
+AUDIT_TRAINING = QUICK_TRAINING
 
 # --------------------------------------------------------------------------- the audit
 

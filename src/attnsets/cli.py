@@ -209,8 +209,9 @@ def evaluate(
 ) -> None:
     """Train a model (or ensemble) on a dataset config; print bag metrics, each explainer's
     importance metrics and silent-failure flags."""
+    from attnsets.config.single import run_spec_from_config
     from attnsets.explain import EXPLAINERS
-    from attnsets.run import execute, run_spec_from_config
+    from attnsets.run import execute
 
     try:
         spec = run_spec_from_config(

@@ -28,13 +28,12 @@ from attnsets.errors import SpecError, SpecErrors
 from attnsets.metrics import bag_metrics, combine_probs, per_bag_auroc
 from attnsets.metrics.agreement import agreement, correlation, descending_rank
 from attnsets.models import ModelSpec, SetModel
-from attnsets.run import OutputSpec, RunSpec, execute, training_spec
+from attnsets.run import QUICK_TRAINING, OutputSpec, RunSpec, execute, training_spec
 from attnsets.tables import write_table
 from attnsets.training import TrainSpec
 
-#: Training used when `explain_own_data(training=None)`.
-OWN_DATA_TRAINING: dict[str, Any] = {"epochs": 30, "batch_size": 16, "lr": 0.002,
-                                     "weight_decay": 0.0001, "patience": 6}
+#: Training used when `explain_own_data(training=None)` (run.QUICK_TRAINING, shared with audit).
+OWN_DATA_TRAINING = QUICK_TRAINING
 DEFAULT_MODEL = ModelSpec(pooling="attention", embed_dim=32)
 
 

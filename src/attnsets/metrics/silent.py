@@ -13,31 +13,25 @@ import numpy as np
 from attnsets.errors import SpecError
 from attnsets.metrics.bag import BAG_SCORES
 from attnsets.metrics.importance import IMPORTANCE_SCORES, check_importance_inputs
+from attnsets.spec.constraints import Interval, Options, check_declared, constrained
 
-
-def _check_unit_interval(field_name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-        raise SpecError(field_name, value, "a number in [0, 1]")
+#: A threshold on a metric in [0, 1].
+UNIT_INTERVAL = Interval(float, 0, 1)
 
 
 @dataclass(frozen=True)
 class SilentFailureCriteria:
     """A run fails silently when ``bag_metrics[bag_metric] >= min_bag_score`` and
     ``importance_metrics[importance_metric] <= max_importance``. Defaults: balanced accuracy
-    >= 0.9 with mean per-bag importance AUROC <= 0.7."""
+    >= 0.9 with mean per-bag importance AUROC <= 0.7. Also the [thresholds] table of a study."""
 
-    min_bag_score: float = 0.9
-    max_importance: float = 0.7
-    bag_metric: str = "balanced_accuracy"
-    importance_metric: str = "auroc"
+    min_bag_score: float = constrained(UNIT_INTERVAL, default=0.9)
+    max_importance: float = constrained(UNIT_INTERVAL, default=0.7)
+    bag_metric: str = constrained(Options(BAG_SCORES), default="balanced_accuracy")
+    importance_metric: str = constrained(Options(IMPORTANCE_SCORES), default="auroc")
 
     def __post_init__(self) -> None:
-        _check_unit_interval("min_bag_score", self.min_bag_score)
-        _check_unit_interval("max_importance", self.max_importance)
-        for name, allowed in (("bag_metric", BAG_SCORES), ("importance_metric", IMPORTANCE_SCORES)):
-            value = getattr(self, name)
-            if value not in allowed:
-                raise SpecError(name, value, f"one of {list(allowed)}")
+        check_declared(self)
 
 
 def _lookup(metrics: Mapping[str, float], name: str, field_name: str) -> float:
@@ -119,10 +113,10 @@ def unit_test_flag(train_metric: float, test_metric: float, *, pass_threshold: f
     train_metric is usually validation balanced accuracy, test_metric the same on the unit
     test's shifted split (e.g. Raff & Holt's poison or false-frequency test).
     """
-    _check_unit_interval("pass_threshold", pass_threshold)
-    _check_unit_interval("fail_threshold", fail_threshold)
+    UNIT_INTERVAL.require(pass_threshold, "pass_threshold")
+    UNIT_INTERVAL.require(fail_threshold, "fail_threshold")
     if max_drop is not None:
-        _check_unit_interval("max_drop", max_drop)
+        UNIT_INTERVAL.require(max_drop, "max_drop")
     train, test = float(train_metric), float(test_metric)
     drop = train - test
     settings = dict(train_metric=train, test_metric=test, drop=drop,

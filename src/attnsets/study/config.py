@@ -1,7 +1,12 @@
 """Study configs: one TOML/YAML file -> validated StudyConfig -> a list of Cells.
 
-Validation collects every problem at once, each with its path in the file (``datasets[1].rule.key``),
-the bad value and what is allowed, before anything is trained or written.
+Each setting is declared once, on the spec it configures: [study] is a `StudySettings` (the
+study's own keys) plus `AssessSpec` fields, [thresholds] a `SilentFailureCriteria`, [training] a
+`TrainSpec`, each [[datasets]] entry a `DatasetSpec`, each [[models]] entry a `ModelSpec`. The
+constraint engine (attnsets.spec.constraints) checks them and the preflight
+(attnsets.config.preflight) builds every model for the data it meets; every problem is reported
+at once, each with its path in the file (``datasets[1].rule.key``), the bad value and what is
+allowed, before anything is trained or written.
 """
 
 from __future__ import annotations
@@ -11,63 +16,95 @@ import dataclasses
 import hashlib
 import itertools
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError
-
+from attnsets.assess import AssessSpec
+from attnsets.config.preflight import (
+    DataCheck,
+    ModelCheck,
+    build_assessment,
+    build_model_spec,
+    build_training,
+    preflight,
+)
+from attnsets.data import DatasetSpec
+from attnsets.data.spec import load_config
+from attnsets.device import resolve_device
 from attnsets.errors import SpecError, SpecErrors
-
-if TYPE_CHECKING:
-    from attnsets.run import RunSpec
+from attnsets.metrics import SilentFailureCriteria
+from attnsets.models import ModelSpec
+from attnsets.run import RunSpec, member_seeds
+from attnsets.spec.constraints import (
+    Constraint,
+    ErrorCollector,
+    Interval,
+    SequenceOf,
+    TableOf,
+    Text,
+    check_declared,
+    constrained,
+    table_errors,
+    validate,
+)
+from attnsets.training import TrainSpec
 
 STUDY_SECTIONS = ("study", "training", "thresholds", "datasets", "models", "grid")
+#: A table of a config file as read (TOML / YAML crosses into typed specs here).
+Table = dict[str, object]
+
+#: The shape of each section; their contents are checked by the specs they become.
+SECTIONS: dict[str, Constraint] = {
+    "study": TableOf(), "training": TableOf(), "thresholds": TableOf(),
+    "datasets": SequenceOf(TableOf(), min_length=1),
+    "models": SequenceOf(TableOf(), min_length=1), "grid": TableOf()}
+REQUIRED_SECTIONS = ("study", "datasets", "models")
+
+#: The AssessSpec fields set in [study]. The others are set per cell (`seed` = the replicate,
+#: `criteria` = [thresholds]), by the runner (`device`: where the members are) or keep their
+#: defaults (`deletion_steps`, `batch_size`: not part of a cell's record).
+STUDY_ASSESS_KEYS = tuple(f.name for f in dataclasses.fields(AssessSpec) if f.name not in (
+    "criteria", "seed", "device", "deletion_steps", "batch_size"))
 
 
-class StudySection(BaseModel):
-    """[study]: what to run for every dataset x model."""
+@dataclass(frozen=True)
+class StudySettings:
+    """The [study] keys that are the study's own; its other keys are `STUDY_ASSESS_KEYS`."""
 
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1)
-    seeds: list[NonNegativeInt] = Field(default=[0], min_length=1)
-    members: int = Field(default=5, ge=1, le=64)
-    ensemble_sizes: list[int] | None = None
-    explainers: list[str] = Field(default=["attention", "random"], min_length=1)
-    explainer_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    combine: str = "mean_normalised"
-    evaluated_classes: str = "label"
-    #: Expensive explainers and deletion curves score at most this many test bags per cell.
-    bag_budget: int | None = Field(default=None, ge=1)
-    random_orders: int = Field(default=10, ge=1)
-    bootstrap: int = Field(default=200, ge=0)
-    curve_subsets: int = Field(default=50, ge=1)
+    name: str = constrained(Text(1))
+    #: Replicate seeds: each regenerates the datasets and trains `members` new models.
+    seeds: tuple[int, ...] = constrained(SequenceOf(Interval(int, 0), min_length=1),
+                                         default=(0,))
+    members: int = constrained(Interval(int, 1, 64), default=5)
     #: Heterogeneous ensembles scored by the results page from the stored member scores:
     #: {name: [model names]}, e.g. {"attention+gated" = ["attention", "gated_attention"]}.
-    mixed_ensembles: dict[str, list[str]] = Field(default_factory=dict)
+    mixed_ensembles: Mapping[str, tuple[str, ...]] = constrained(
+        TableOf(SequenceOf(Text(1))), default_factory=dict)
     #: Where every cell trains and is assessed (attnsets.device). Not part of a cell's identity:
     #: a study run on the CPU resumes on a GPU and the other way round.
-    device: str = "auto"
+    device: str = constrained(Text(1), default="auto")
+
+    def __post_init__(self) -> None:
+        check_declared(self)
 
 
-class ThresholdSection(BaseModel):
-    """[thresholds]: the silent-failure criteria."""
+@dataclass(frozen=True)
+class StudyFile:
+    """The typed sections of a valid study file (the entries of [[datasets]] and [[models]] as
+    read: each cell builds its own specs from them)."""
 
-    model_config = ConfigDict(extra="forbid")
-    min_bag_score: float = Field(default=0.9, ge=0, le=1)
-    max_importance: float = Field(default=0.7, ge=0, le=1)
-    bag_metric: str = "balanced_accuracy"
-    importance_metric: str = "auroc"
+    study: StudySettings
+    #: [study]'s assessment keys, with [thresholds] as its criteria.
+    assess: AssessSpec
+    training: Table
+    datasets: tuple[Table, ...]
+    models: tuple[Table, ...]
 
-
-class StudyFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    study: StudySection
-    training: dict[str, Any] = Field(default_factory=dict)
-    thresholds: ThresholdSection = Field(default_factory=ThresholdSection)
-    datasets: list[dict[str, Any]] = Field(min_length=1)
-    models: list[dict[str, Any]] = Field(min_length=1)
-    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    @property
+    def thresholds(self) -> SilentFailureCriteria:
+        return self.assess.criteria
 
 
 @dataclass(frozen=True)
@@ -143,9 +180,9 @@ class Cell:
 
 @dataclass
 class StudyConfig:
-    """A validated study: the file as read, its sections, its hash and its typed cells."""
+    """A validated study: the file as read, its typed sections, its hash and its typed cells."""
 
-    raw: dict[str, Any]
+    raw: Table
     file: StudyFile
     config_hash: str
     cells: list[Cell] = field(default_factory=list)
@@ -155,55 +192,36 @@ class StudyConfig:
         return self.file.study.name
 
 
-def _pydantic_errors(err: ValidationError) -> list[SpecError]:
-    out = []
-    for e in err.errors():
-        path = ""
-        for part in e["loc"]:
-            path = f"{path}[{part}]" if isinstance(part, int) else (f"{path}.{part}" if path else str(part))
-        allowed = e["msg"] if e["type"] != "extra_forbidden" else "no such key here"
-        if e["type"] == "missing":
-            allowed = "a value (this field is required)"
-        out.append(SpecError(path, e.get("input") if e["type"] != "missing" else None, allowed))
-    return out
+@dataclass
+class _Sections:
+    """The sections of one grid variant, typed where they are right (None where not)."""
+
+    study: StudySettings | None
+    assess: AssessSpec | None
+    training: Table | None
+    datasets: list[Table]
+    models: list[Table]
+
+    def complete(self) -> StudyFile | None:
+        if self.study is None or self.assess is None or self.training is None:
+            return None
+        return StudyFile(self.study, self.assess, self.training, tuple(self.datasets),
+                         tuple(self.models))
 
 
-def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set `value` at a dotted path; `datasets.x` / `models.x` apply to every entry of the list."""
-    head, _, rest = dotted.partition(".")
-    if head in ("datasets", "models") and rest:
-        for entry in _entries(data, head):
-            _set_nested(entry, rest, value, dotted)
-    else:
-        _set_nested(data, dotted, value, dotted)
+def _table(value: object) -> Table:
+    """A config table with string keys ({} for anything else: reported by the shape check)."""
+    return {str(k): v for k, v in value.items()} if isinstance(value, Mapping) else {}
 
 
-def _set_nested(data: dict[str, Any], path: str, value: Any, dotted: str) -> None:
-    keys = path.split(".")
-    for depth, key in enumerate(keys[:-1]):
-        data = data.setdefault(key, {})
-        if not isinstance(data, dict):
-            raise SpecError(f"grid.{dotted}", value, f"a path through tables; "
-                                                     f"{'.'.join(keys[:depth + 1])} is {data!r}")
-    data[keys[-1]] = value
-
-
-GRID_ROOTS = ("datasets", "models", "training", "thresholds", "study")
-
-
-def _entries(raw: dict[str, Any], section: str) -> list[dict[str, Any]]:
+def _entries(raw: Mapping[str, object], section: str) -> list[Table]:
     value = raw.get(section)
     return [e for e in value if isinstance(e, dict)] if isinstance(value, list) else []
 
 
-def _file_errors(raw: dict[str, Any]) -> tuple[StudyFile | None, list[SpecError]]:
-    """The section shapes (pydantic) and the names of datasets and models."""
-    errors: list[SpecError] = []
-    file: StudyFile | None = None
-    try:
-        file = StudyFile.model_validate(raw)
-    except ValidationError as err:
-        errors += _pydantic_errors(err)
+def _name_errors(raw: Mapping[str, object]) -> list[SpecError]:
+    """Each [[datasets]] and [[models]] entry has a name of its own."""
+    errors = []
     for section in ("datasets", "models"):
         names = [e.get("name") for e in _entries(raw, section)]
         for i, name in enumerate(names):
@@ -211,134 +229,105 @@ def _file_errors(raw: dict[str, Any]) -> tuple[StudyFile | None, list[SpecError]
                 errors.append(SpecError(f"{section}[{i}].name", name, "a non-empty name"))
             elif names.index(name) != i:
                 errors.append(SpecError(f"{section}[{i}].name", name, "a name not used before"))
-    return file, errors
+    return errors
 
 
-def _grid_errors(raw: dict[str, Any]) -> tuple[dict[str, list[Any]], list[SpecError]]:
-    grid = raw.get("grid", {})
-    if not isinstance(grid, dict):
-        return {}, []  # reported by the section check
-    errors: list[SpecError] = []
-    for key, values in grid.items():
-        if key.split(".")[0] not in GRID_ROOTS or "." not in key:
-            errors.append(SpecError(f"grid.{key}", values,
-                                    f"a dotted path starting with one of {list(GRID_ROOTS)}"))
-        elif not isinstance(values, list) or not values:
-            errors.append(SpecError(f"grid.{key}", values, "a non-empty list of values"))
-    return ({} if errors else grid), errors
+def _split_study(log: ErrorCollector, table: Table) -> tuple[Table, Table]:
+    """[study] -> (the StudySettings keys, the AssessSpec keys); other keys are reported."""
+    own = [f.name for f in dataclasses.fields(StudySettings)]
+    allowed = sorted([*own, *STUDY_ASSESS_KEYS])
+    log.extend(SpecError(f"study.{key}", value, f"no such key here; the keys are {allowed}")
+               for key, value in table.items() if key not in allowed)
+    return ({k: v for k, v in table.items() if k in own},
+            {k: v for k, v in table.items() if k in STUDY_ASSESS_KEYS})
 
 
-def _collect(errors: list[SpecError], path: str, build: Any) -> Any:
-    """build() or None, with its SpecError(s) added to `errors` under `path`."""
-    try:
-        return build()
-    except SpecErrors as err:
-        errors.extend(e.with_prefix(path) for e in err.errors)
-    except SpecError as err:
-        errors.append(err.with_prefix(path))
-    return None
+def read_sections(raw: Mapping[str, object]) -> tuple[_Sections, list[SpecError]]:
+    """The sections of a study file (or of one grid point) typed, with every problem found."""
+    log = ErrorCollector()
+    log.extend(table_errors(raw, SECTIONS, "", REQUIRED_SECTIONS,
+                            f"a table with sections {list(STUDY_SECTIONS)}"))
+    log.extend(_name_errors(raw))
+    settings: StudySettings | None = None
+    own, assess_table = _split_study(log, _table(raw.get("study")))
+    if isinstance(raw.get("study"), Mapping):
+        settings = log.attempt("study", lambda: validate(StudySettings, own, ""))
+    assess = build_assessment(log, _table(raw.get("thresholds")), "thresholds", assess_table,
+                              "study", None if settings is None else settings.members)
+    if settings is not None:
+        log.attempt("study", lambda: resolve_device(settings.device, "device"))
+    training = raw.get("training", {})
+    if isinstance(training, Mapping) and "device" in training:
+        log.extend([SpecError("training.device", training["device"],
+                              "no device here: set [study] device, which is not part of a "
+                              "cell's identity (so runs on the CPU and a GPU resume each other)")])
+    return _Sections(settings, assess, _table(training) if isinstance(training, Mapping) else None,
+                     _entries(raw, "datasets"), _entries(raw, "models")), log.errors
 
 
-@dataclass
-class _Sections:
-    """The sections of one grid variant that have the right shape (None where not)."""
+@dataclass(frozen=True)
+class _DatasetPlan:
+    """One [[datasets]] entry built: its spec, its own [training] settings and the TrainSpec
+    its cells use (None where wrong: reported)."""
 
-    study: StudySection | None
-    thresholds: ThresholdSection | None
-    training: dict[str, Any] | None
-    datasets: list[dict[str, Any]]
-    models: list[dict[str, Any]]
+    index: int
+    entry: Table
+    spec: DatasetSpec | None
+    overrides: Table
+    training: TrainSpec | None
 
-    @staticmethod
-    def read(raw: dict[str, Any]) -> _Sections:
-        def part(model: type[BaseModel], value: Any) -> Any:
-            try:
-                return model.model_validate(value)
-            except ValidationError:
-                return None
-
-        training = raw.get("training", {})
-        return _Sections(part(StudySection, raw.get("study")),
-                         part(ThresholdSection, raw.get("thresholds", {})),
-                         training if isinstance(training, dict) else None,
-                         _entries(raw, "datasets"), _entries(raw, "models"))
+    def check(self) -> DataCheck | None:
+        if self.spec is None:
+            return None
+        where = f"datasets[{self.index}]"
+        return DataCheck(where, self.spec, self.training,
+                         lambda f: f"{where}.training.{f}" if f in self.overrides
+                         else f"training.{f}", f" (with {where} {self.entry.get('name')!r})")
 
 
-def _typed_variant(file: _Sections, variant: str, config_hash: str
+def _dataset_plan(log: ErrorCollector, index: int, entry: Table, shared: TrainSpec | None,
+                  training: Table, device: str) -> _DatasetPlan:
+    spec = log.attempt(f"datasets[{index}]", lambda: DatasetSpec.from_dict(_dataset_table(entry)))
+    extra = _training_overrides(log, entry, index)
+    own = shared if shared is None or not extra else build_training(
+        log, {**training, **extra, "device": device}, f"datasets[{index}].training")
+    return _DatasetPlan(index, entry, spec, extra, own)
+
+
+def _typed_variant(raw: Mapping[str, object], variant: str, config_hash: str
                    ) -> tuple[list[Cell], list[SpecError]]:
     """Every spec of one grid variant built (and so validated) once, then checked against the
-    data each model meets; the cells when nothing is wrong."""
-    from attnsets.assess import AssessSpec
-    from attnsets.data import DatasetSpec
-    from attnsets.device import resolve_device
-    from attnsets.metrics import SilentFailureCriteria
-    from attnsets.models import ModelSpec
-    from attnsets.registry import build_dataclass
-    from attnsets.run import RunSpec, check_model, check_training, dataset_info, member_seeds
-    from attnsets.training import TrainSpec
+    data each model meets (the preflight); the cells when nothing is wrong."""
+    sections, errors = read_sections(raw)
+    log = ErrorCollector()
+    log.extend(errors)
+    device = "auto" if sections.study is None else sections.study.device
+    shared = None if sections.training is None else build_training(
+        log, {**sections.training, "device": device}, "training")
+    plans = [_dataset_plan(log, i, entry, shared, sections.training or {}, device)
+             for i, entry in enumerate(sections.datasets)]
+    models = [build_model_spec(log, _model_table(entry), f"models[{i}]")
+              for i, entry in enumerate(sections.models)]
+    preflight(log, [c for c in (p.check() for p in plans) if c is not None],
+              [ModelCheck(m, lambda f, i=i: _model_field(i, f))  # type: ignore[misc]
+               for i, m in enumerate(models) if m is not None], sections.assess)
+    file = sections.complete()
+    if log or file is None:
+        return [], log.errors
+    return _variant_cells(file, plans, models, variant, config_hash), []
 
-    errors: list[SpecError] = []
-    study = file.study
-    criteria = None if file.thresholds is None else _collect(
-        errors, "thresholds", lambda: SilentFailureCriteria(**file.thresholds.model_dump()))
-    assess_spec = None
-    if study is not None:
-        assess_table = {"explainers": study.explainers,
-                        "explainer_options": study.explainer_options, "combine": study.combine,
-                        "evaluated_classes": study.evaluated_classes,
-                        "bag_budget": study.bag_budget, "random_orders": study.random_orders,
-                        "ensemble_sizes": study.ensemble_sizes,
-                        "curve_subsets": study.curve_subsets, "bootstrap": study.bootstrap}
-        assess_spec = _collect(errors, "study", lambda: AssessSpec.from_dict(
-            assess_table, "", criteria or SilentFailureCriteria()))
-    if assess_spec is not None and study is not None:
-        errors += [e.with_prefix("study") for e in assess_spec.check_members(study.members)]
-    if study is not None:
-        _collect(errors, "study", lambda: resolve_device(study.device, "device"))
-    if file.training is not None and "device" in file.training:
-        errors.append(SpecError("training.device", file.training["device"],
-                                "no device here: set [study] device, which is not part of a "
-                                "cell's identity (so runs on the CPU and a GPU resume each other)"))
-    device = study.device if study is not None else "auto"
-    training = None if file.training is None else _collect(
-        errors, "training", lambda: TrainSpec.from_dict({**file.training, "device": device}, ""))
-    datasets = [_collect(errors, f"datasets[{i}]", lambda e=entry: DatasetSpec.from_dict(
-        _dataset_table(e))) for i, entry in enumerate(file.datasets)]
-    overrides = [_training_overrides(errors, entry, i) for i, entry in enumerate(file.datasets)]
-    trainings = [training if training is None or not extra else _collect(
-        errors, f"datasets[{i}].training", lambda x=extra: TrainSpec.from_dict(
-            {**file.training, **x, "device": device}, ""))
-        for i, extra in enumerate(overrides)]
-    models = [_collect(errors, f"models[{i}]", lambda e=entry: build_dataclass(
-        ModelSpec, {k: v for k, v in e.items() if k != "name"}, ""))
-        for i, entry in enumerate(file.models)]
-    for i, model in enumerate(models):
-        problems = [] if model is None else model.check()
-        errors += [e.with_prefix(f"models[{i}]") for e in problems]
-        if problems:
-            models[i] = None  # reported; building it for every dataset would only repeat it
-    for j, (entry, spec) in enumerate(zip(file.datasets, datasets, strict=True)):
-        if spec is None:
-            continue
-        info = _collect(errors, f"datasets[{j}]", lambda s=spec: dataset_info(s))
-        if info is None:
-            continue
-        where = f" (with datasets[{j}] {entry.get('name')!r})"
-        if trainings[j] is not None:
-            errors += [SpecError(f"datasets[{j}].training.{e.field}" if e.field in overrides[j]
-                                 else f"training.{e.field}", e.value, e.allowed + where)
-                       for e in check_training(trainings[j], info)]
-        for i, model in enumerate(models):
-            if model is not None:
-                errors += [SpecError(_model_field(i, e.field), e.value, e.allowed + where)
-                           for e in check_model(model, info, assess_spec)]
-    if errors or assess_spec is None or training is None or study is None \
-            or file.thresholds is None:
-        return [], errors
+
+def _variant_cells(file: StudyFile, plans: Sequence[_DatasetPlan],
+                   models: Sequence[ModelSpec | None], variant: str, config_hash: str
+                   ) -> list[Cell]:
+    """dataset x model x replicate: one Cell each, with the typed run it executes."""
+    study, assess_spec = file.study, file.assess
     cells = []
-    for entry, spec, extra, dataset_training in zip(file.datasets, datasets, overrides, trainings,
-                                                    strict=True):
+    for plan in plans:
+        entry, spec, extra, dataset_training = plan.entry, plan.spec, plan.overrides, plan.training
+        assert spec is not None and dataset_training is not None
         for model_entry, model in zip(file.models, models, strict=True):
+            assert model is not None
             for replicate in study.seeds:
                 dataset_table = {**_dataset_table(entry), "seed": replicate}
                 seeds = member_seeds(replicate, study.members)
@@ -349,43 +338,47 @@ def _typed_variant(file: _Sections, variant: str, config_hash: str
                     variant=variant, replicate=replicate, dataset=dataset_table,
                     model={k: v for k, v in model_entry.items() if k != "name"},
                     training={**file.training, **extra}, seeds=seeds,
-                    explainers=tuple(study.explainers),
-                    ensemble_sizes=tuple(study.ensemble_sizes or range(1, study.members + 1)),
-                    combine=study.combine, bootstrap=study.bootstrap,
-                    curve_subsets=study.curve_subsets, thresholds=file.thresholds.model_dump(),
-                    config_hash=config_hash, explainer_options=dict(study.explainer_options),
-                    evaluated_classes=study.evaluated_classes,
-                    budgets=_budgets(study),
+                    explainers=tuple(assess_spec.explainers),
+                    ensemble_sizes=tuple(assess_spec.ensemble_sizes or range(1, study.members + 1)),
+                    combine=assess_spec.combine, bootstrap=assess_spec.bootstrap,
+                    curve_subsets=assess_spec.curve_subsets, thresholds=dataclasses.asdict(file.thresholds),
+                    config_hash=config_hash, explainer_options=dict(assess_spec.explainer_options),
+                    evaluated_classes=assess_spec.evaluated_classes,
+                    budgets=_budgets(assess_spec),
                     run=run))
-    return cells, errors
+    return cells
 
 
-def _dataset_table(entry: dict[str, Any]) -> dict[str, Any]:
+def _dataset_table(entry: Table) -> Table:
     """A [[datasets]] entry without the keys that are not the dataset's own."""
     return {k: v for k, v in entry.items() if k not in ("name", "training")}
 
 
-def _training_overrides(errors: list[SpecError], entry: dict[str, Any], index: int
-                        ) -> dict[str, Any]:
+def _model_table(entry: Table) -> Table:
+    """A [[models]] entry without its name: the ModelSpec fields."""
+    return {k: v for k, v in entry.items() if k != "name"}
+
+
+def _training_overrides(log: ErrorCollector, entry: Table, index: int) -> Table:
     """datasets[i].training: the [training] settings this dataset's cells replace (a budget per
-    rule or bag size); {} when absent or wrong (wrong is reported in `errors`)."""
+    rule or bag size); {} when absent or wrong (wrong is reported in `log`)."""
     extra = entry.get("training", {})
     where = f"datasets[{index}].training"
-    if not isinstance(extra, dict):
-        errors.append(SpecError(where, extra, "a table of [training] settings for this dataset"))
+    if not isinstance(extra, Mapping):
+        log.extend([SpecError(where, extra, "a table of [training] settings for this dataset")])
         return {}
     if "device" in extra:
-        errors.append(SpecError(f"{where}.device", extra["device"],
-                                "no device here: set [study] device (see training.device)"))
+        log.extend([SpecError(f"{where}.device", extra["device"],
+                              "no device here: set [study] device (see training.device)")])
         return {}
-    return extra
+    return _table(extra)
 
 
-def _budgets(study: StudySection) -> dict[str, Any]:
+def _budgets(assess: AssessSpec) -> Table:
     """The budget settings that differ from their defaults (a cell's id stays the same when
     none is set)."""
-    return {k: getattr(study, k) for k in ("bag_budget", "random_orders")
-            if getattr(study, k) != StudySection.model_fields[k].default}
+    return {k: getattr(assess, k) for k in ("bag_budget", "random_orders")
+            if getattr(assess, k) != AssessSpec.__dataclass_fields__[k].default}
 
 
 def _model_field(index: int, field: str) -> str:
@@ -401,13 +394,30 @@ def _at_grid_point(errors: list[SpecError], variant: str) -> list[SpecError]:
             for e in errors]
 
 
-def validate_config(raw: dict[str, Any]) -> StudyConfig:
+GRID_ROOTS = ("datasets", "models", "training", "thresholds", "study")
+
+
+def _grid_errors(raw: Mapping[str, object]) -> tuple[dict[str, list[object]], list[SpecError]]:
+    grid = raw.get("grid", {})
+    if not isinstance(grid, Mapping):
+        return {}, []  # reported by the section check
+    errors: list[SpecError] = []
+    for key, values in grid.items():
+        if key.split(".")[0] not in GRID_ROOTS or "." not in key:
+            errors.append(SpecError(f"grid.{key}", values,
+                                    f"a dotted path starting with one of {list(GRID_ROOTS)}"))
+        elif not isinstance(values, list) or not values:
+            errors.append(SpecError(f"grid.{key}", values, "a non-empty list of values"))
+    return ({} if errors else dict(grid)), errors
+
+
+def validate_config(raw: object) -> StudyConfig:
     """Validate a whole study config once (every section, every model against every dataset it
     meets, every grid point) and expand it into typed cells; raise SpecErrors with every
     problem found, each naming its path in the file."""
     if not isinstance(raw, dict):
         raise SpecErrors([SpecError("config", raw, f"a table with sections {list(STUDY_SECTIONS)}")])
-    file, errors = _file_errors(raw)
+    sections, errors = read_sections(raw)
     grid, grid_errors = _grid_errors(raw)
     errors += grid_errors
     digest = hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -419,12 +429,11 @@ def validate_config(raw: dict[str, Any]) -> StudyConfig:
         errors.append(err)
         variants = [(raw, "")]
     for variant_raw, variant in variants:
-        variant_errors = _file_errors(variant_raw)[1] if variant else []
-        variant_cells, more = _typed_variant(_Sections.read(variant_raw), variant, digest)
+        variant_cells, more = _typed_variant(variant_raw, variant, digest)
         cells += variant_cells
         # A problem the file has without the grid is reported once, without a grid point.
-        new = [e for e in variant_errors + more if str(e) not in seen]
-        errors += _at_grid_point(new, variant)
+        errors += _at_grid_point([e for e in more if str(e) not in seen], variant)
+    file = sections.complete()
     if file is not None:
         errors += _mixed_ensemble_errors(file)
     unique: dict[str, SpecError] = {str(e): e for e in errors}
@@ -440,13 +449,35 @@ def _mixed_ensemble_errors(file: StudyFile) -> list[SpecError]:
     for group, members in file.study.mixed_ensembles.items():
         where = f"study.mixed_ensembles.{group}"
         if len(set(members)) < 2:
-            errors.append(SpecError(where, members, "at least two different model names"))
+            errors.append(SpecError(where, list(members), "at least two different model names"))
         errors += [SpecError(where, name, f"model names of [[models]] {names}")
                    for name in members if name not in names]
     return errors
 
 
-def expand_grid(raw: dict[str, Any], grid: dict[str, list[Any]]) -> list[tuple[dict[str, Any], str]]:
+def _set_path(data: Table, dotted: str, value: object) -> None:
+    """Set `value` at a dotted path; `datasets.x` / `models.x` apply to every entry of the list."""
+    head, _, rest = dotted.partition(".")
+    if head in ("datasets", "models") and rest:
+        for entry in _entries(data, head):
+            _set_nested(entry, rest, value, dotted)
+    else:
+        _set_nested(data, dotted, value, dotted)
+
+
+def _set_nested(data: Table, path: str, value: object, dotted: str) -> None:
+    keys = path.split(".")
+    target = data
+    for depth, key in enumerate(keys[:-1]):
+        inner = target.setdefault(key, {})
+        if not isinstance(inner, dict):
+            raise SpecError(f"grid.{dotted}", value, f"a path through tables; "
+                                                     f"{'.'.join(keys[:depth + 1])} is {inner!r}")
+        target = inner
+    target[keys[-1]] = value
+
+
+def expand_grid(raw: Table, grid: Mapping[str, Sequence[object]]) -> list[tuple[Table, str]]:
     """Every combination of grid values applied to the config, with a readable variant name."""
     if not grid or any(not _entries(raw, k.split(".")[0]) for k in grid
                        if k.split(".")[0] in ("datasets", "models")):
@@ -468,9 +499,8 @@ def study_cells(config: StudyConfig) -> list[Cell]:
 
 def load_study(path: str | Path, device: str | None = None) -> StudyConfig:
     """Read and validate a study file; `device` (e.g. from ``--device``) replaces [study] device."""
-    from attnsets.data.spec import load_config
-
     raw = load_config(path)
-    if device is not None and isinstance(raw, dict) and isinstance(raw.get("study"), dict):
-        raw = {**raw, "study": {**raw["study"], "device": device}}
+    study = raw.get("study")
+    if device is not None and isinstance(study, dict):
+        raw = {**raw, "study": {**study, "device": device}}
     return validate_config(raw)
