@@ -36,6 +36,7 @@ from attnsets.models import POOLINGS, InputInfo, ModelSpec, SetModel, build_mode
 from attnsets.models.user import ModelBuilder, ProbeReport, build_member, load_builder, probe_model
 from attnsets.registry import build_dataclass
 from attnsets.run import QUICK_TRAINING, RunSpec, execute, member_seeds, training_spec
+from attnsets.spec.constraints import Interval, is_int
 from attnsets.training import TrainSpec
 
 Progress = Callable[[str], None]
@@ -137,12 +138,10 @@ def _criteria(thresholds: SilentFailureCriteria | Mapping[str, Any] | None
 
 def _check_seeds(seeds: Sequence[int], members: int) -> list[int]:
     seed_list = list(seeds) if isinstance(seeds, Sequence) and not isinstance(seeds, str) else []
-    if not seed_list or not all(isinstance(s, int | np.integer) and not isinstance(s, bool)
-                                and s >= 0 for s in seed_list) \
+    if not seed_list or not all(is_int(s) and s >= 0 for s in seed_list) \
             or len(set(seed_list)) != len(seed_list):
         raise SpecError("seeds", seeds, "a non-empty list of distinct integers >= 0")
-    if isinstance(members, bool) or not isinstance(members, int) or members < 1:
-        raise SpecError("members", members, "an integer >= 1")
+    Interval(int, 1).require(members, "members")
     return [int(s) for s in seed_list]
 
 

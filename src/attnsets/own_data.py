@@ -29,6 +29,7 @@ from attnsets.metrics import bag_metrics, combine_probs, per_bag_auroc
 from attnsets.metrics.agreement import agreement, correlation, descending_rank
 from attnsets.models import ModelSpec, SetModel
 from attnsets.run import QUICK_TRAINING, OutputSpec, RunSpec, execute, training_spec
+from attnsets.spec.constraints import Interval, is_int
 from attnsets.tables import write_table
 from attnsets.training import TrainSpec
 
@@ -74,10 +75,9 @@ def explain_own_data(data: OwnBags | SetDataset, *, model: ModelSpec = DEFAULT_M
     split. All bags are explained by default; the `split` column says which ones the members
     were trained on: read held-out bags (val / test) for an honest picture. Each bag is
     explained for its own label. method: any explainer that applies to the model."""
-    if isinstance(members, bool) or not isinstance(members, int) or members < 2:
+    if not is_int(members) or members < 2:
         raise SpecError("members", members, "an integer >= 2 (agreement needs two members)")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise SpecError("seed", seed, "an integer >= 0")
+    Interval(int, 0).require(seed, "seed")
     if not isinstance(model, ModelSpec):
         raise SpecError("model", type(model).__name__, "a ModelSpec")
     outputs = OutputSpec(method, tuple([splits] if isinstance(splits, str) else splits),

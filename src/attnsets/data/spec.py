@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from attnsets.errors import SpecError, SpecErrors
+from attnsets.spec.constraints import Interval
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 SIZE_KINDS = ("fixed", "normal", "uniform")
@@ -121,13 +122,11 @@ class DatasetSpec:
     def __post_init__(self) -> None:
         for split in SPLITS:
             n = self.bags.get(split)
-            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-                raise SpecError(f"bags.{split}", n, "an integer >= 1")
+            Interval(int, 1).require(n, f"bags.{split}")
         extra = sorted(set(self.bags) - set(SPLITS))
         if extra:
             raise SpecError(f"bags.{extra[0]}", self.bags[extra[0]], f"splits {list(SPLITS)}")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise SpecError("seed", self.seed, "an integer >= 0")
+        Interval(int, 0).require(self.seed, "seed")
 
     def to_dict(self) -> dict[str, Any]:
         wit: dict[str, Any] = {"rate": self.witnesses.rate} if self.witnesses.rate is not None \

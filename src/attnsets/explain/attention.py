@@ -8,6 +8,7 @@ import torch
 from attnsets.errors import SpecError
 from attnsets.explain.base import ExplainContext, instance_uniforms, register_explainer
 from attnsets.models.base import SetModel, SetOutput
+from attnsets.spec.constraints import Interval, is_int
 
 
 def _require(value: torch.Tensor | None) -> torch.Tensor:
@@ -29,7 +30,7 @@ def attention_head_scores(context: ExplainContext, head: int = 0) -> torch.Tenso
     """(B, N) attention of head `head` (B, H, N)[:, head]; negative indices count from the end."""
     heads = _require(context.output.head_attention)
     n_heads = heads.shape[1]
-    if isinstance(head, bool) or not isinstance(head, int) or not -n_heads <= head < n_heads:
+    if not is_int(head) or not -n_heads <= head < n_heads:
         raise SpecError("head", head, f"an integer head index in 0..{n_heads - 1}")
     return heads[:, head]
 
@@ -109,6 +110,5 @@ def instance_class_scores(context: ExplainContext) -> torch.Tensor:
 @register_explainer("random", description="Chance baseline: seeded uniform scores.")
 def random_scores(context: ExplainContext, seed: int = 0) -> torch.Tensor:
     """(B, N) uniforms in [0, 1) that depend only on (seed, instance content)."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise SpecError("seed", seed, "an integer")
+    Interval(int).require(seed, "seed")
     return instance_uniforms(context.x, seed)[..., 0].to(torch.float32)

@@ -22,6 +22,7 @@ from attnsets.data.bags import Batch
 from attnsets.errors import SpecError
 from attnsets.models.base import InputInfo, SetModel, SetOutput
 from attnsets.registry import Registry
+from attnsets.spec.constraints import Interval, is_int
 
 #: SetOutput fields an explainer can require; each is None for poolings that lack it.
 OUTPUT_FIELDS = ("attention", "head_attention", "attention_norm", "instance_scores",
@@ -163,7 +164,7 @@ def resolve_target(target: int | Sequence[int] | np.ndarray | torch.Tensor | Non
     n_bags = len(batch)
     if target is None:
         resolved = batch.target.to(torch.int64)
-    elif isinstance(target, int | np.integer) and not isinstance(target, bool):
+    elif is_int(target):
         resolved = torch.full((n_bags,), int(target), dtype=torch.int64)
     else:
         resolved = torch.as_tensor(np.asarray(target) if not isinstance(target, torch.Tensor)
@@ -284,9 +285,7 @@ def target_values(logits: torch.Tensor, target: torch.Tensor, output: str) -> to
 
 
 def check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise SpecError(name, value, "an integer >= 1")
-    return int(value)
+    return int(Interval(int, 1).require(value, name))
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)

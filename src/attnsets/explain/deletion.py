@@ -31,6 +31,7 @@ from attnsets.explain.base import (
 )
 from attnsets.explain.perturbation import check_output, subset_values
 from attnsets.models.base import SetModel
+from attnsets.spec.constraints import Interval, is_int
 
 Target = int | Sequence[int] | np.ndarray | torch.Tensor | None
 
@@ -54,15 +55,13 @@ def _context(model: SetModel, batch: Batch, target: Target) -> ExplainContext:
 def _check_steps(steps: int | None, width: int) -> int:
     if steps is None:
         return width
-    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 0:
+    if not is_int(steps) or steps < 0:
         raise SpecError("steps", steps, "None (= padded bag width) or an integer >= 0")
     return int(steps)
 
 
 def _check_seed(seed: int) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-        raise SpecError("seed", seed, "an integer")
-    return int(seed)
+    return int(Interval(int).require(seed, "seed"))
 
 
 def _check_scores(scores: torch.Tensor | np.ndarray, mask: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,7 @@ from attnsets.explain.base import (
     target_values,
 )
 from attnsets.models.base import SetModel, takes_need_maps
+from attnsets.spec.constraints import Interval, is_real
 
 OUTPUTS = ("prob", "logit")
 #: Default memory budget of one perturbation forward pass, in MiB (option `memory_mb`). Set
@@ -78,8 +79,7 @@ def check_output(output: str) -> str:
 def check_memory_mb(memory_mb: float | None) -> float:
     """The budget in MiB: `memory_mb`, or MEMORY_MB when None."""
     value = MEMORY_MB if memory_mb is None else memory_mb
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating) \
-            or not value > 0 or not math.isfinite(value):
+    if not is_real(value) or not value > 0 or not math.isfinite(value):
         raise SpecError("memory_mb", memory_mb, "None (= MEMORY_MB) or a number of MiB > 0")
     return float(value)
 
@@ -414,8 +414,7 @@ def shapley_scores(context: ExplainContext, n_samples: int | None = None, seed: 
     check_output(output)
     if n_samples is not None:
         n_samples = check_positive_int("n_samples", n_samples)
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-        raise SpecError("seed", seed, "an integer")
+    Interval(int).require(seed, "seed")
     if exact is not None and not isinstance(exact, bool):
         raise SpecError("exact", exact, "None (exact on small bags), true or false")
     if not isinstance(antithetic, bool):

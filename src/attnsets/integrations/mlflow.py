@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from attnsets.errors import SpecError
+from attnsets.spec.constraints import is_real
 from attnsets.study.results import flatten
 from attnsets.study.store import CellRecord, dumps
 
@@ -66,7 +67,7 @@ def headline_metrics(record: CellRecord) -> dict[str, float]:
     metrics = {f"headline.{k}": v for k, v in flatten(record.metrics.get("headline", {})).items()}
     metrics["seconds"] = record.seconds
     return {k: float(v) for k, v in metrics.items()
-            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
+            if is_real(v) and math.isfinite(v)}
 
 
 class MlflowTracker:

@@ -12,6 +12,7 @@ import numpy as np
 from attnsets.errors import SpecError
 from attnsets.metrics.ensemble import combine_scores
 from attnsets.metrics.importance import average_ranks, normalise_per_bag
+from attnsets.spec.constraints import is_real
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ def agreement(scores: Any, mask: Any, top_fraction: float = 0.1) -> Agreement:
     mask_arr = np.asarray(mask, dtype=bool)
     if mask_arr.shape != arr.shape[1:]:
         raise SpecError("mask", f"array of shape {mask_arr.shape}", f"shape {arr.shape[1:]}")
-    if isinstance(top_fraction, bool) or not 0 < top_fraction <= 1:
+    if not is_real(top_fraction) or not 0 < top_fraction <= 1:
         raise SpecError("top_fraction", top_fraction, "a fraction in (0, 1]")
     if not np.isfinite(arr[:, mask_arr]).all():
         raise SpecError("scores", "non-finite values at real instances", "finite scores")

@@ -11,6 +11,7 @@ import numpy as np
 
 from attnsets.errors import SpecError
 from attnsets.metrics.importance import check_importance_inputs, normalise_per_bag, rank_auroc
+from attnsets.spec.constraints import Interval
 
 METHODS = ("mean_normalised", "mean_rank", "median")
 
@@ -112,8 +113,7 @@ def ensemble_size_curve(member_scores: Any, evidence: Any, mask: Any = None,
     ks_list = list(range(1, n_members + 1)) if ks is None else [int(k) for k in np.ravel(ks)]
     if not ks_list or any(k < 1 or k > n_members for k in ks_list):
         raise SpecError("ks", ks, f"sizes in 1..{n_members}")
-    if isinstance(n_subsets, bool) or not isinstance(n_subsets, int) or n_subsets < 1:
-        raise SpecError("n_subsets", n_subsets, "an integer >= 1")
+    Interval(int, 1).require(n_subsets, "n_subsets")
     if not 0.0 <= threshold <= 1.0:
         raise SpecError("threshold", threshold, "an AUROC in [0, 1]")
     if any(not 0.0 <= q <= 1.0 for q in quantiles):

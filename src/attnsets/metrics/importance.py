@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from attnsets.errors import SpecError
+from attnsets.spec.constraints import Interval, is_int
 
 #: Per-bag normalisations accepted by `normalise_per_bag` (and the pooled metrics).
 NORMALISATIONS = ("none", "rank", "minmax", "sum")
@@ -386,7 +387,7 @@ def _rate(n_pos: np.ndarray, n_real: np.ndarray) -> np.ndarray:
 def _resolve_k(k: int | None, n_pos: np.ndarray, n_real: np.ndarray) -> np.ndarray:
     if k is None:
         return n_pos.astype(np.int64)
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+    if not is_int(k) or k < 1:
         raise SpecError("k", k, "None (k = number of witnesses in each bag) or an integer >= 1")
     return np.minimum(int(k), n_real).astype(np.int64)
 
@@ -586,8 +587,7 @@ def bootstrap_ci(values: np.ndarray | PerBagResult, n_boot: int = 1000, level: f
     values: (B,) per-bag values or a PerBagResult; NaN entries (excluded bags) are dropped first.
     Same seed -> same interval.
     """
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int | np.integer) or n_boot < 1:
-        raise SpecError("n_boot", n_boot, "an integer >= 1")
+    Interval(int, 1).require(n_boot, "n_boot")
     if not 0.0 < level < 1.0:
         raise SpecError("level", level, "a number in (0, 1), e.g. 0.95")
     raw = values.values if isinstance(values, PerBagResult) else np.asarray(values, np.float64)
@@ -632,7 +632,7 @@ def importance_report(scores: Any, evidence: Any, mask: Any = None, *, k: int | 
     n_bags_no_witness, n_bags_all_witness, auroc2_n_one_sided``. Every NaN value has an entry in
     ``.reasons``.
     """
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int | np.integer) or n_boot < 0:
+    if not is_int(n_boot) or n_boot < 0:
         raise SpecError("n_boot", n_boot, "an integer >= 0 (0 = no confidence intervals)")
     scores_arr, evidence_arr, mask_arr = check_importance_inputs(scores, evidence, mask)
     out = MetricDict()

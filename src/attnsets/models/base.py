@@ -9,7 +9,6 @@ no data-dependent Python control flow) so ensembles can train in one vectorised 
 from __future__ import annotations
 
 import inspect
-import numbers
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -18,6 +17,7 @@ from torch import nn
 
 from attnsets.errors import SpecError
 from attnsets.registry import Registry
+from attnsets.spec.constraints import Interval
 
 ENCODERS: Registry[Any] = Registry("encoder")
 POOLINGS: Registry[Any] = Registry("pooling")
@@ -76,8 +76,7 @@ class ModelSpec:
     per_encoder: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.embed_dim, int) or self.embed_dim < 1:
-            raise SpecError("embed_dim", self.embed_dim, "an integer >= 1")
+        Interval(int, 1).require(self.embed_dim, "embed_dim")
         for name, params in self.per_encoder.items():
             if name not in ENCODERS:
                 raise SpecError(f"per_encoder.{name}", params, f"encoder names {ENCODERS.names()}")
@@ -212,9 +211,7 @@ def construct(factory: Any, field: str, fixed: dict[str, Any], params: dict[str,
 
 def require_int(field: str, value: Any, minimum: int = 1) -> int:
     """`value` as an int >= `minimum`, else SpecError(field, ...). Booleans are rejected."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise SpecError(field, value, f"an integer >= {minimum}")
-    return int(value)
+    return int(Interval(int, minimum).require(value, field))
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:

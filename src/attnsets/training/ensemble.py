@@ -51,6 +51,7 @@ from attnsets.models.base import (
     build_model,
     takes_need_maps,
 )
+from attnsets.spec.constraints import Interval, is_int
 from attnsets.training.fit import (
     ENSEMBLE_STRATEGIES,
     EpochStats,
@@ -159,14 +160,12 @@ def _shapes(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
 def resolve_seeds(n_members: int | None, seeds: Sequence[int] | None, base_seed: int) -> list[int]:
     """Member seeds: `seeds` as given, else base_seed, base_seed + 1, ... (5 members if neither
     is given)."""
-    if n_members is not None and (not isinstance(n_members, int) or isinstance(n_members, bool)
-                                  or n_members < 1):
-        raise SpecError("n_members", n_members, "an integer >= 1")
+    if n_members is not None:
+        Interval(int, 1).require(n_members, "n_members")
     if seeds is None:
         return [base_seed + k for k in range(n_members if n_members is not None else 5)]
     seed_list = list(seeds)
-    if not seed_list or not all(isinstance(s, int | np.integer) and not isinstance(s, bool)
-                                and s >= 0 for s in seed_list):
+    if not seed_list or not all(is_int(s) and s >= 0 for s in seed_list):
         raise SpecError("seeds", seed_list, "a non-empty list of integers >= 0")
     if len(set(seed_list)) != len(seed_list):
         raise SpecError("seeds", seed_list, "distinct seeds (equal seeds give identical members)")

@@ -28,18 +28,11 @@ from attnsets.device import check_device_string, deterministic, resolve_device, 
 from attnsets.errors import SpecError, TrainingDivergedError
 from attnsets.models.base import InputInfo, ModelSpec, SetModel, build_model, logits_only
 from attnsets.registry import build_dataclass
+from attnsets.spec.constraints import is_int, is_real
 
 ClassWeights = str | Sequence[float] | None
 #: How fit_ensemble may train its members (TrainSpec.ensemble).
 ENSEMBLE_STRATEGIES = ("auto", "vectorised", "sequential")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -72,20 +65,20 @@ class TrainSpec:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise SpecError(name, value, "an integer >= 1")
-        if not _is_number(self.lr) or not (0 < self.lr < math.inf):
+        if not is_real(self.lr) or not (0 < self.lr < math.inf):
             raise SpecError("lr", self.lr, "a finite number > 0")
-        if not _is_number(self.weight_decay) or not (0 <= self.weight_decay < math.inf):
+        if not is_real(self.weight_decay) or not (0 <= self.weight_decay < math.inf):
             raise SpecError("weight_decay", self.weight_decay, "a finite number >= 0")
-        if self.patience is not None and (not _is_int(self.patience) or self.patience < 1):
+        if self.patience is not None and (not is_int(self.patience) or self.patience < 1):
             raise SpecError("patience", self.patience, "an integer >= 1, or None (no early stop)")
-        if not _is_int(self.seed) or self.seed < 0:
+        if not is_int(self.seed) or self.seed < 0:
             raise SpecError("seed", self.seed, "an integer >= 0")
         if self.max_grad_norm is not None and (
-                not _is_number(self.max_grad_norm) or not (0 < self.max_grad_norm < math.inf)):
+                not is_real(self.max_grad_norm) or not (0 < self.max_grad_norm < math.inf)):
             raise SpecError("max_grad_norm", self.max_grad_norm, "a finite number > 0, or None")
-        if not _is_number(self.divergence_threshold) or not self.divergence_threshold > 0:
+        if not is_real(self.divergence_threshold) or not self.divergence_threshold > 0:
             raise SpecError("divergence_threshold", self.divergence_threshold,
                             "a number > 0 (inf checks only for NaN / inf losses)")
         weights = self.class_weights
@@ -95,7 +88,7 @@ class TrainSpec:
                                 '"balanced", None, or a list of positive weights')
         elif weights is not None:
             if not isinstance(weights, Sequence) or len(weights) == 0 or not all(
-                    _is_number(w) and 0 < w < math.inf for w in weights):
+                    is_real(w) and 0 < w < math.inf for w in weights):
                 raise SpecError("class_weights", weights,
                                 '"balanced", None, or a list of positive finite weights')
             # A tuple keeps the frozen spec hashable.

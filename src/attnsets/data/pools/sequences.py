@@ -29,6 +29,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from attnsets.data.pools.base import POOLS, InstancePool
 from attnsets.errors import SpecError
+from attnsets.spec.constraints import is_int, is_real
 
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 N_LETTERS = len(AMINO_ACIDS)
@@ -89,10 +90,6 @@ def _hamming_to_windows(short: np.ndarray, long: np.ndarray) -> int:
     return int((windows != short[None, :]).sum(axis=1).min())
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
 @POOLS.register("sequences")
 @dataclass
 class SequencePool(InstancePool):
@@ -117,17 +114,16 @@ class SequencePool(InstancePool):
     def __post_init__(self) -> None:
         for name in ("min_length", "max_length"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise SpecError(name, value, "an integer >= 1")
         if self.max_length < self.min_length:
             raise SpecError("max_length", self.max_length,
                             f"an integer >= min_length ({self.min_length})")
-        if not _is_int(self.motif_seed) or self.motif_seed < 0:
+        if not is_int(self.motif_seed) or self.motif_seed < 0:
             raise SpecError("motif_seed", self.motif_seed, "an integer >= 0")
-        if not _is_int(self.max_mismatches) or self.max_mismatches < 0:
+        if not is_int(self.max_mismatches) or self.max_mismatches < 0:
             raise SpecError("max_mismatches", self.max_mismatches, "an integer >= 0")
-        if isinstance(self.mutation_rate, bool) or not isinstance(self.mutation_rate,
-                                                                   int | float):
+        if not is_real(self.mutation_rate):
             raise SpecError("mutation_rate", self.mutation_rate, "a probability in [0, 1)")
         if not 0.0 <= self.mutation_rate < 1.0:
             raise SpecError("mutation_rate", self.mutation_rate, "a probability in [0, 1)")
@@ -182,9 +178,9 @@ class SequencePool(InstancePool):
     def _drawn_motifs(self) -> list[np.ndarray]:
         n_motifs = 3 if self.n_motifs is None else self.n_motifs
         length = 5 if self.motif_length is None else self.motif_length
-        if not _is_int(n_motifs) or n_motifs < 1:
+        if not is_int(n_motifs) or n_motifs < 1:
             raise SpecError("n_motifs", n_motifs, "an integer >= 1")
-        if not _is_int(length) or length < 1:
+        if not is_int(length) or length < 1:
             raise SpecError("motif_length", length, "an integer >= 1")
         self._check_shape("motif_length", length, [length])
         rng = np.random.default_rng(self.motif_seed)

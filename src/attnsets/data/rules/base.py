@@ -10,6 +10,7 @@ import numpy as np
 from attnsets.data.spec import SizeSpec, WitnessSpec
 from attnsets.errors import SpecError
 from attnsets.registry import Registry
+from attnsets.spec.constraints import is_int
 
 RULES: Registry[type[LabelRule]] = Registry("rule")
 
@@ -108,7 +109,7 @@ def as_id_list(field: str, value: int | list[int]) -> list[int]:
     values = [value] if isinstance(value, int | np.integer) else list(value)
     if not values:
         raise SpecError(field, value, "at least one concept id")
-    if not all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in values):
+    if not all(is_int(v) for v in values):
         raise SpecError(field, value, "integer concept ids")
     return [int(v) for v in values]
 

@@ -19,6 +19,7 @@ from attnsets.data.rules.base import (
 )
 from attnsets.data.spec import WitnessSpec
 from attnsets.errors import SpecError
+from attnsets.spec.constraints import is_real
 
 
 @RULES.register("ratio")
@@ -37,8 +38,7 @@ class Ratio(LabelRule):
 
     def __post_init__(self) -> None:
         self.keys = as_id_list("key", self.key)
-        if isinstance(self.r, bool) or not isinstance(self.r, int | float) \
-                or not (0.0 < self.r <= 1.0):
+        if not is_real(self.r) or not (0.0 < self.r <= 1.0):
             raise SpecError("r", self.r, "a fraction in (0, 1]")
 
     def check(self, n_concepts: int, min_size: int, witnesses: WitnessSpec) -> list[SpecError]:

@@ -20,6 +20,7 @@ from attnsets.data.rules.base import (
 )
 from attnsets.data.spec import WitnessSpec
 from attnsets.errors import SpecError
+from attnsets.spec.constraints import Interval
 
 
 @RULES.register("threshold")
@@ -38,8 +39,7 @@ class Threshold(LabelRule):
 
     def __post_init__(self) -> None:
         self.keys = as_id_list("key", self.key)
-        if not isinstance(self.k, int | np.integer) or isinstance(self.k, bool) or self.k < 1:
-            raise SpecError("k", self.k, "an integer >= 1")
+        Interval(int, 1).require(self.k, "k")
 
     def check(self, n_concepts: int, min_size: int, witnesses: WitnessSpec) -> list[SpecError]:
         errors = check_concepts("key", self.keys, n_concepts)

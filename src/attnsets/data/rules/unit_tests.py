@@ -24,6 +24,7 @@ from attnsets.data.rules.base import (
 from attnsets.data.rules.sets import random_subset
 from attnsets.data.spec import WitnessSpec
 from attnsets.errors import SpecError
+from attnsets.spec.constraints import is_int
 
 #: The split whose bags are shifted; train and val share the training distribution.
 SHIFTED_SPLIT = "test"
@@ -33,7 +34,7 @@ def count_range(field: str, value: object, lowest: int) -> tuple[int, int]:
     """Parse an int or a [low, high] pair with lowest <= low <= high."""
     pair = [value, value] if isinstance(value, int | np.integer) else value
     if not isinstance(pair, list | tuple) or len(pair) != 2 or not all(
-            isinstance(v, int | np.integer) and not isinstance(v, bool) for v in pair):
+            is_int(v) for v in pair):
         raise SpecError(field, value, "an integer or [low, high] integers")
     low, high = int(pair[0]), int(pair[1])
     if not lowest <= low <= high:
