@@ -26,16 +26,20 @@ def minimal() -> dict[str, Any]:
 
 
 def test_shipped_configs_validate() -> None:
-    for name in ("demo.toml", "paper.toml", "paper-large.toml"):
-        config = load_study(ROOT / "configs" / name)
+    from test_constraints import assert_cells_carry_their_tables
+
+    loaded = {name: load_study(ROOT / "configs" / name)
+              for name in ("demo.toml", "paper.toml", "paper-large.toml")}
+    for name, config in loaded.items():
         assert study_cells(config)
-    large = study_cells(load_study(ROOT / "configs" / "paper-large.toml"))
+        assert_cells_carry_their_tables(name, config)
+    large = study_cells(loaded["paper-large.toml"])
     assert len({c.replicate for c in large}) == 5
     assert {c.model["pooling"] for c in large} == {c.model["pooling"] for c in study_cells(
-        load_study(ROOT / "configs" / "paper.toml"))}
+        loaded["paper.toml"])}
     assert all(c.run_spec.assess is not None and c.run_spec.assess.bag_budget == 20
                for c in large)
-    paper = study_cells(load_study(ROOT / "configs" / "paper.toml"))
+    paper = study_cells(loaded["paper.toml"])
     from attnsets.data import RULES
     from attnsets.models import POOLINGS
 
