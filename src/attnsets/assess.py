@@ -15,7 +15,6 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -94,7 +93,7 @@ class AssessSpec:
     explainers: tuple[str, ...] = constrained(
         SequenceOf(Registered(EXPLAINERS), min_length=1, distinct=True),
         default=("attention", "random"))
-    explainer_options: Mapping[str, Mapping[str, Any]] = constrained(
+    explainer_options: Mapping[str, Mapping[str, object]] = constrained(
         TableOf(TableOf(description="a table {option: value}"),
                 description="a table {explainer: {option: value}}"), default_factory=dict)
     criteria: SilentFailureCriteria = constrained(InstanceOf(SilentFailureCriteria),
@@ -133,7 +132,7 @@ class AssessSpec:
         return [SpecError(f"ensemble_sizes[{i}]", k, f"sizes in 1..{n_members} (the members)")
                 for i, k in enumerate(self.ensemble_sizes or ()) if k > n_members]
 
-    def options_for(self, method: str) -> dict[str, Any]:
+    def options_for(self, method: str) -> dict[str, object]:
         return dict(self.explainer_options.get(method, {}))
 
     @staticmethod
@@ -170,7 +169,7 @@ def place_members(members: Sequence[SetModel], device: str | None) -> torch.devi
     return target
 
 
-def _table(metrics: Mapping[str, Any]) -> MetricTable:
+def _table(metrics: Mapping[str, float]) -> MetricTable:
     return {k: float(v) for k, v in dict(metrics).items()}
 
 
@@ -186,7 +185,7 @@ def predict(members: Sequence[SetModel], batches: list[Batch]) -> np.ndarray:
 
 
 def explain_members(members: Sequence[SetModel], batches: list[Batch], method: str,
-                    options: Mapping[str, Any] | None = None, seed: int = 0) -> np.ndarray:
+                    options: Mapping[str, object] | None = None, seed: int = 0) -> np.ndarray:
     """(K, B, N) scores of `method` for each member; a seeded method (one that declares a
     `seed` option) gets seed + i for member i, so members draw independently."""
     from attnsets.explain.base import resolve_method

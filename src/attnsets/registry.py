@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
 from attnsets.errors import SpecError
@@ -42,7 +42,7 @@ class Registry(Generic[T]):
             raise SpecError(field or self.kind, name, f"one of {sorted(self._items)}")
         return self._items[name]
 
-    def build(self, name: str, params: dict[str, Any] | None = None,
+    def build(self, name: str, params: Mapping[str, object] | None = None,
               field: str | None = None) -> Any:
         """Instantiate `name` with `params`, turning bad parameters into a SpecError."""
         field = field or self.kind
@@ -62,7 +62,7 @@ class Registry(Generic[T]):
         return [(n, self._items[n]) for n in self.names()]
 
 
-def build_dataclass(factory: Any, params: dict[str, Any], field: str) -> Any:
+def build_dataclass(factory: Any, params: Mapping[str, object], field: str) -> Any:
     """Call a dataclass factory; bad names or values raise SpecError at `field.param`."""
     if dataclasses.is_dataclass(factory):
         allowed = [f.name for f in dataclasses.fields(factory) if f.init]

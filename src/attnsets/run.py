@@ -48,7 +48,7 @@ class OutputSpec:
 
     method: str = "attention"
     splits: tuple[str, ...] = ("test",)
-    options: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, object] = field(default_factory=dict)
     seed: int = 0
     batch_size: int = 128
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from attnsets.errors import SpecError, SpecErrors
+from attnsets.registry import build_dataclass
 from attnsets.spec.constraints import Interval
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -151,28 +153,28 @@ class DatasetSpec:
         return self.rule.name in RULES and RULES.get(self.rule.name).shifted_test
 
     @staticmethod
-    def from_dict(data: dict[str, Any], path: str = "") -> DatasetSpec:
+    def from_dict(data: Mapping[str, object], path: str = "") -> DatasetSpec:
         """Build and fully validate a spec; all problems are raised together as SpecErrors."""
         return dataset_spec_from_dict(data, path)
 
 
-def _component(data: Any, path: str, errors: list[SpecError]) -> ComponentSpec | None:
+def _component(data: object, path: str, errors: list[SpecError]) -> ComponentSpec | None:
+    """A pool or rule: a table with a name and its parameters, or just the name."""
     if isinstance(data, str):
         data = {"name": data}
-    if not isinstance(data, dict) or "name" not in data:
+    if not isinstance(data, Mapping) or "name" not in data:
         errors.append(SpecError(path, data, "a table with a `name` key and its parameters"))
         return None
-    params = {k: v for k, v in data.items() if k != "name"}
+    params = {str(k): v for k, v in data.items() if k != "name"}
     return ComponentSpec(str(data["name"]), params)
 
 
-def _sub(data: dict[str, Any], key: str, factory: Any, path: str, errors: list[SpecError]) -> Any:
+def _sub(data: Mapping[str, object], key: str, factory: Any, path: str,
+         errors: list[SpecError]) -> Any:
     raw = data.get(key, {})
-    if not isinstance(raw, dict):
+    if not isinstance(raw, Mapping):
         errors.append(SpecError(_join(path, key), raw, "a table"))
         return factory()
-    from attnsets.registry import build_dataclass
-
     try:
         return build_dataclass(factory, raw, _join(path, key))
     except SpecError as err:
@@ -184,11 +186,12 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def dataset_spec_from_dict(data: dict[str, Any], path: str = "") -> DatasetSpec:
+def dataset_spec_from_dict(data: Mapping[str, object], path: str = "") -> DatasetSpec:
+    # data.generate builds pools and rules, which import this module: a real cycle.
     from attnsets.data.generate import check_components
 
     errors: list[SpecError] = []
-    if not isinstance(data, dict):
+    if not isinstance(data, Mapping):
         raise SpecErrors([SpecError(path or "dataset", data, "a table")])
     known = {"pool", "rule", "bags", "bag_size", "witnesses", "seed"}
     for key in sorted(set(data) - known):
@@ -197,7 +200,7 @@ def dataset_spec_from_dict(data: dict[str, Any], path: str = "") -> DatasetSpec:
     rule = _component(data.get("rule"), _join(path, "rule"), errors)
     size = _sub(data, "bag_size", SizeSpec, path, errors)
     wit_raw = data.get("witnesses", {})
-    if isinstance(wit_raw, dict) and isinstance(wit_raw.get("count"), list):
+    if isinstance(wit_raw, Mapping) and isinstance(wit_raw.get("count"), list):
         wit_raw = {**wit_raw, "count": tuple(wit_raw["count"])}
     witnesses = _sub({"witnesses": wit_raw}, "witnesses", WitnessSpec, path, errors)
     bags = data.get("bags", {"train": 200, "val": 100, "test": 100})
@@ -206,8 +209,8 @@ def dataset_spec_from_dict(data: dict[str, Any], path: str = "") -> DatasetSpec:
     if pool is not None and rule is not None:
         errors.extend(e.with_prefix(path) for e in check_components(pool, rule, size, witnesses))
         try:
-            spec = DatasetSpec(pool, rule, dict(bags) if isinstance(bags, dict) else bags,
-                               size, witnesses, seed)
+            spec = DatasetSpec(pool, rule, dict(bags) if isinstance(bags, Mapping)
+                               else bags, size, witnesses, seed)
         except SpecError as err:
             errors.append(err.with_prefix(path))
         except (TypeError, ValueError):
@@ -219,7 +222,8 @@ def dataset_spec_from_dict(data: dict[str, Any], path: str = "") -> DatasetSpec:
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
-    """Read a TOML or YAML config file into a dict."""
+    """Read a TOML or YAML config file into a dict (where TOML / YAML enters: the typed specs
+    are built from it)."""
     path = Path(path)
     if not path.is_file():
         raise SpecError("config", str(path), "an existing .toml, .yaml or .yml file")
