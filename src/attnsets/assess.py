@@ -41,6 +41,7 @@ from attnsets.explain import (
     explain,
     random_deletion_curve,
 )
+from attnsets.explain.base import check_options, resolve_method
 from attnsets.metrics import (
     COMBINE_METHODS,
     SilentFailureCriteria,
@@ -112,8 +113,6 @@ class AssessSpec:
     random_orders: int = constrained(Interval(int, 1), default=10)
 
     def __post_init__(self) -> None:
-        from attnsets.explain.base import check_options
-
         check_declared(self)
         for name, options in self.explainer_options.items():
             where = f"explainer_options.{name}"
@@ -188,8 +187,6 @@ def explain_members(members: Sequence[SetModel], batches: list[Batch], method: s
                     options: Mapping[str, object] | None = None, seed: int = 0) -> np.ndarray:
     """(K, B, N) scores of `method` for each member; a seeded method (one that declares a
     `seed` option) gets seed + i for member i, so members draw independently."""
-    from attnsets.explain.base import resolve_method
-
     _, explainer = resolve_method(method)
     options = dict(options or {})
     out = []
@@ -266,8 +263,6 @@ def _assess_method(method: str, members: Sequence[SetModel], data: _TestData,
                    budget: np.ndarray | None = None) -> tuple[ExplainerAssessment, np.ndarray]:
     """One explainer over the members: its typed result and the (K, B', N) scores of the bags
     it scored. budget: rows of `data` that expensive explainers and deletion curves score."""
-    from attnsets.explain.base import resolve_method
-
     deletion = data if budget is None else data.subset(budget)
     if resolve_method(method)[1].expensive:
         data = deletion
