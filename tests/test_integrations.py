@@ -141,8 +141,8 @@ def test_a_transmil_study_cell_runs(torchmil_names: list[str], tmp_path: Path) -
 
 
 def test_multiclass_data_with_a_torchmil_pooling_is_refused(torchmil_names: list[str]) -> None:
-    from attnsets.integrations.torchmil import torchmil_builder
     from attnsets.config.preflight import dataset_info
+    from attnsets.integrations.torchmil import torchmil_builder
     from attnsets.study.config import validate_config
 
     info = dataset_info(_multiclass_spec())
