@@ -99,6 +99,8 @@ class Interval(Constraint):
         noun = "an integer" if self.kind is int else "a number"
         left = self.closed in ("both", "left")
         right = self.closed in ("both", "right")
+        if self.low is not None and self.high == math.inf and not right:
+            return f"a finite number {'>=' if left else '>'} {_num(self.low)}"
         if self.low is not None and self.high is not None:
             return f"{noun} in {'[' if left else '('}{_num(self.low)}, {_num(self.high)}" \
                    f"{']' if right else ')'}"
@@ -190,7 +192,10 @@ class _OrNone(Constraint):
         return f"{self.inner.describe()}, or None"
 
     def errors(self, value: object, field: str) -> list[SpecError]:
-        return [] if value is None else self.inner.errors(value, field)
+        if value is None:
+            return []
+        return [SpecError(field, value, self.describe()) if e.field == field else e
+                for e in self.inner.errors(value, field)]
 
     def normalise(self, value: Any) -> Any:
         return None if value is None else self.inner.normalise(value)
@@ -324,6 +329,9 @@ def validate(cls: type[T], table: object, path: str = "",
         raise SpecErrors([e.with_prefix(path) for e in err.errors]) from None
     except SpecError as err:
         raise SpecErrors([err.with_prefix(path)]) from None
+    except TypeError as err:  # a value of a type an undeclared field's own check did not expect
+        raise SpecErrors([SpecError(path or cls.__name__, dict(table),
+                                    f"valid parameters ({err})")]) from None
 
 
 class ErrorCollector:

@@ -28,7 +28,14 @@ from attnsets.device import check_device_string, deterministic, resolve_device, 
 from attnsets.errors import SpecError, TrainingDivergedError
 from attnsets.models.base import InputInfo, ModelSpec, SetModel, build_model, logits_only
 from attnsets.registry import build_dataclass
-from attnsets.spec.constraints import is_int, is_real
+from attnsets.spec.constraints import (
+    Interval,
+    Options,
+    check_declared,
+    constrained,
+    is_real,
+    or_none,
+)
 
 ClassWeights = str | Sequence[float] | None
 #: How fit_ensemble may train its members (TrainSpec.ensemble).
@@ -49,38 +56,24 @@ class TrainSpec:
     or "auto" (the measured choice per encoder, see attnsets.training.ensemble); every choice
     gives the members of a lone fit up to float rounding."""
 
-    epochs: int = 50
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    patience: int | None = 10
+    epochs: int = constrained(Interval(int, 1), default=50)
+    batch_size: int = constrained(Interval(int, 1), default=16)
+    lr: float = constrained(Interval(float, 0, math.inf, closed="neither"), default=1e-3)
+    weight_decay: float = constrained(Interval(float, 0, math.inf, closed="left"), default=1e-4)
+    #: None = no early stop.
+    patience: int | None = constrained(or_none(Interval(int, 1)), default=10)
     class_weights: ClassWeights = "balanced"
-    seed: int = 0
-    max_grad_norm: float | None = None
-    divergence_threshold: float = 1e4
-    eval_batch_size: int = 256
+    seed: int = constrained(Interval(int, 0), default=0)
+    max_grad_norm: float | None = constrained(
+        or_none(Interval(float, 0, math.inf, closed="neither")), default=None)
+    #: inf checks only for NaN / inf losses.
+    divergence_threshold: float = constrained(Interval(float, 0, closed="neither"), default=1e4)
+    eval_batch_size: int = constrained(Interval(int, 1), default=256)
     device: str = "auto"
-    ensemble: str = "auto"
+    ensemble: str = constrained(Options(ENSEMBLE_STRATEGIES), default="auto")
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            value = getattr(self, name)
-            if not is_int(value) or value < 1:
-                raise SpecError(name, value, "an integer >= 1")
-        if not is_real(self.lr) or not (0 < self.lr < math.inf):
-            raise SpecError("lr", self.lr, "a finite number > 0")
-        if not is_real(self.weight_decay) or not (0 <= self.weight_decay < math.inf):
-            raise SpecError("weight_decay", self.weight_decay, "a finite number >= 0")
-        if self.patience is not None and (not is_int(self.patience) or self.patience < 1):
-            raise SpecError("patience", self.patience, "an integer >= 1, or None (no early stop)")
-        if not is_int(self.seed) or self.seed < 0:
-            raise SpecError("seed", self.seed, "an integer >= 0")
-        if self.max_grad_norm is not None and (
-                not is_real(self.max_grad_norm) or not (0 < self.max_grad_norm < math.inf)):
-            raise SpecError("max_grad_norm", self.max_grad_norm, "a finite number > 0, or None")
-        if not is_real(self.divergence_threshold) or not self.divergence_threshold > 0:
-            raise SpecError("divergence_threshold", self.divergence_threshold,
-                            "a number > 0 (inf checks only for NaN / inf losses)")
+        check_declared(self)
         weights = self.class_weights
         if isinstance(weights, str):
             if weights != "balanced":
@@ -94,8 +87,6 @@ class TrainSpec:
             # A tuple keeps the frozen spec hashable.
             object.__setattr__(self, "class_weights", tuple(float(w) for w in weights))
         check_device_string(self.device, "device")
-        if self.ensemble not in ENSEMBLE_STRATEGIES:
-            raise SpecError("ensemble", self.ensemble, f"one of {list(ENSEMBLE_STRATEGIES)}")
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
