@@ -8,6 +8,7 @@ helpers here and then call `preflight`, so every problem is reported at once wit
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -154,7 +155,7 @@ def preflight(log: ErrorCollector, datasets: Sequence[DataCheck], models: Sequen
     """Every model built and run for every dataset it meets, every training checked against the
     data; problems go to `log` with their paths."""
     for data in datasets:
-        info = log.attempt(data.path, lambda d=data: dataset_info(d.spec))  # type: ignore[misc]
+        info = log.attempt(data.path, functools.partial(dataset_info, data.spec))
         if info is None:
             continue
         if data.training is not None:

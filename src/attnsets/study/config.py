@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -309,7 +310,7 @@ def _typed_variant(raw: Mapping[str, object], variant: str, config_hash: str
     models = [build_model_spec(log, _model_table(entry), f"models[{i}]")
               for i, entry in enumerate(sections.models)]
     preflight(log, [c for c in (p.check() for p in plans) if c is not None],
-              [ModelCheck(m, lambda f, i=i: _model_field(i, f))  # type: ignore[misc]
+              [ModelCheck(m, functools.partial(_model_field, i))
                for i, m in enumerate(models) if m is not None], sections.assess)
     file = sections.complete()
     if log or file is None:
