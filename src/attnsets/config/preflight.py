@@ -110,11 +110,12 @@ def build_assessment(log: ErrorCollector, thresholds: object, thresholds_path: s
     return spec
 
 
-def build_training(log: ErrorCollector, table: Mapping[str, object], path: str
-                   ) -> TrainSpec | None:
-    """A TrainSpec from a [training] table, its device checked against this machine."""
+def build_training(log: ErrorCollector, table: Mapping[str, object], path: str,
+                   check_device: bool = True) -> TrainSpec | None:
+    """A TrainSpec from a [training] table, its device checked against this machine unless
+    `check_device` is False (a study checks its [study] device once, where it is set)."""
     spec = log.attempt(path, lambda: validate(TrainSpec, table, ""))
-    if spec is not None:
+    if spec is not None and check_device:
         log.attempt(path, lambda: resolve_device(spec.device, "device"))
     return spec
 

@@ -291,7 +291,7 @@ def _dataset_plan(log: ErrorCollector, index: int, entry: Table, shared: TrainSp
     spec = log.attempt(f"datasets[{index}]", lambda: DatasetSpec.from_dict(_dataset_table(entry)))
     extra = _training_overrides(log, entry, index)
     own = shared if shared is None or not extra else build_training(
-        log, {**training, **extra, "device": device}, f"datasets[{index}].training")
+        log, {**training, **extra, "device": device}, f"datasets[{index}].training", False)
     return _DatasetPlan(index, entry, spec, extra, own)
 
 
@@ -304,7 +304,7 @@ def _typed_variant(raw: Mapping[str, object], variant: str, config_hash: str
     log.extend(errors)
     device = "auto" if sections.study is None else sections.study.device
     shared = None if sections.training is None else build_training(
-        log, {**sections.training, "device": device}, "training")
+        log, {**sections.training, "device": device}, "training", False)
     plans = [_dataset_plan(log, i, entry, shared, sections.training or {}, device)
              for i, entry in enumerate(sections.datasets)]
     models = [build_model_spec(log, _model_table(entry), f"models[{i}]")
