@@ -66,7 +66,8 @@ class TrainSpec:
     max_grad_norm: float | None = None
     divergence_threshold: float = 1e4
     eval_batch_size: int = 256
-    device: str = "auto"
+    #: Not part of a run's identity (attnsets.spec): the same run on a CPU and a GPU.
+    device: str = field(default="auto", metadata={"identity": False})
     ensemble: str = "auto"
 
     def __post_init__(self) -> None:
