@@ -95,16 +95,12 @@ def _mean_bag_size(size: SizeSpec) -> float:
     return max(float(size.mean), float(size.min))
 
 
-def estimated_cost(run: RunSpec) -> float:
-    """Relative cost of a cell's run: training (members x epochs x bags x passes over a bag)
-    plus assessment (members x test bags x each explainer's passes, deletion curves included:
-    11 head passes per explainer and 10 random orders per member). Units are arbitrary; only
-    the order matters, and measured timings rescale it (schedule)."""
+def _pass_costs(run: RunSpec) -> tuple[float, float, float]:
+    """(mean bag size n, cost of a full pass over a bag, cost of a head-only pass)."""
     from attnsets.data.pools import POOLS
 
     dataset = run.dataset
     assert dataset is not None  # a study cell always generates its data
-    bags = dataset.bags
     n = _mean_bag_size(dataset.bag_size)
     self_attention = run.model_name in SELF_ATTENTION
     pool = dataset.pool.name
@@ -113,8 +109,22 @@ def estimated_cost(run: RunSpec) -> float:
     # A full pass encodes every instance, then pools them (pairwise on self-attention).
     full = n * (encoder + n / SELF_ATTENTION_WIDTH) if self_attention else n * encoder
     head = n * (1 + n / SELF_ATTENTION_WIDTH) if self_attention else CHEAP_HEAD * n
-    members = run.n_members
-    train = members * run.training.epochs * (bags["train"] + bags["val"]) * 3 * full
+    return n, full, head
+
+
+def training_cost(run: RunSpec) -> float:
+    """Members x epochs x (train + val bags) x 3 full passes (forward + backward)."""
+    assert run.dataset is not None
+    _, full, _ = _pass_costs(run)
+    bags = run.dataset.bags
+    return float(run.n_members * run.training.epochs * (bags["train"] + bags["val"]) * 3 * full)
+
+
+def assessment_cost(run: RunSpec) -> float:
+    """Members x test bags x each explainer's passes, deletion curves included (11 head passes
+    per explainer and 10 random orders per member)."""
+    assert run.dataset is not None
+    n, full, head = _pass_costs(run)
     steps = 11  # deletion_steps + 1 head passes per curve
     per_bag = 10 * steps * head  # the random-order deletion curves, once per member
     for name in run.assess.explainers if run.assess is not None else ():
@@ -123,7 +133,13 @@ def estimated_cost(run: RunSpec) -> float:
             per_bag += HEAD_PASSES[name](n) * head
         else:
             per_bag += FULL_PASSES.get(name, 1.0) * full
-    return float(train + members * bags["test"] * per_bag)
+    return float(run.n_members * run.dataset.bags["test"] * per_bag)
+
+
+def estimated_cost(run: RunSpec) -> float:
+    """Relative cost of a cell's run: training_cost + assessment_cost, read off the typed run.
+    Units are arbitrary; only the order matters, and measured timings rescale it (schedule)."""
+    return training_cost(run) + assessment_cost(run)
 
 
 def schedule(cells: Sequence[Cell], finished: Iterable[CellRecord] = ()) -> list[Cell]:
