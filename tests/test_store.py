@@ -216,3 +216,24 @@ def test_a_version_1_store_reads_typed_and_migrates_in_place(tmp_path: Path, nam
     raw = sqlite3.connect(copy / "results.sqlite")
     assert raw.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == \
         (str(SCHEMA_VERSION),)
+
+
+def test_readers_of_budgeted_scores_honour_explained_bags(tmp_path: Path) -> None:
+    """store_v1 scored leave_one_out on a bag budget of 6 of the 12 test bags: the other bags
+    hold zeros, which are no scores. The agreement of the members is read on the 6 bags only."""
+    from attnsets.assessment import explained_bags
+    from attnsets.report.collect import open_results
+    from attnsets.report.findings import agreement_frame
+
+    copy = tmp_path / "v1"
+    shutil.copytree(GOLDEN / "store_v1", copy)
+    study = open_results(copy)
+    store = ResultsStore(copy)
+    arrays = store.arrays(study.done[0].cell_id)
+    store.close()
+    rows = explained_bags(arrays, "leave_one_out")
+    assert rows.sum() == 6 and explained_bags(arrays, "random").all()
+    frame = agreement_frame(study, "leave_one_out")
+    assert frame.groupby("cell_id").size().eq(6).all() and len(frame) == 6 * len(study.done)
+    assert set(frame["bag"]) <= set(np.flatnonzero(rows))
+    assert len(agreement_frame(study, "random")) == 12 * len(study.done)
