@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from attnsets.assessment import Assessment
 from attnsets.report import write_report
 from attnsets.report.collect import open_results
 from attnsets.study.results import results_frame

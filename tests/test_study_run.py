@@ -24,11 +24,11 @@ from typer.testing import CliRunner
 from attnsets.cli import app
 from attnsets.errors import SpecError, SpecErrors
 from attnsets.models import POOLINGS, SetOutput
+from attnsets.run import RunSpec
 from attnsets.study.config import study_cells, validate_config
+from attnsets.study.record import CellRecord
 from attnsets.study.results import results_frame
 from attnsets.study.runner import StudyExistsError, run_study
-from attnsets.run import RunSpec
-from attnsets.study.record import CellRecord
 from attnsets.study.store import ResultsStore
 from study_toml import write_study_toml
 
@@ -460,9 +460,8 @@ def test_cost_estimate_counts_the_encoder_of_the_data_kind() -> None:
     """A CNN on digits or a sequence CNN costs more per instance than the vector MLP: at equal
     bag sizes an image or sequence cell is estimated dearer (the demo's mean-pooling cells took
     3.5 s on vectors, 20 s on digits bags half as large)."""
-    from attnsets.study.runner import ENCODER_COST, estimated_cost
-
     from attnsets.spec import from_dict
+    from attnsets.study.runner import ENCODER_COST, estimated_cost
 
     def run(pool: str) -> RunSpec:
         return from_dict(RunSpec, {"dataset": {"pool": pool, "rule": "presence",

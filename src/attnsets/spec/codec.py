@@ -5,8 +5,8 @@ Three forms of one spec:
 - the typed object (a frozen dataclass, validated when built);
 - `to_dict(spec)`: the canonical JSON form. Every field is present (defaults filled),
   shorthands expanded (``pool = "gaussian"`` reads as ``{name = "gaussian"}``), tuples as
-  lists, mapping keys sorted; a component's parameters as given. `from_dict(cls, to_dict(spec))` builds an equal spec, and
-  `to_dict` of that is the same dict again;
+  lists, mapping keys sorted; a component's parameters as given.
+  `from_dict(cls, to_dict(spec))` builds an equal spec;
 - `identity_dict(spec)`: what a spec's identity hashes. The canonical form without every value
   equal to its declared default (a registered pool's, rule's, pooling's or encoder's parameter
   defaults included) and without the fields that do not change what is computed
