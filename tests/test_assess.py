@@ -108,8 +108,9 @@ def test_trained_ensemble_report_is_complete_and_json_ready(dataset) -> None:  #
     # every stage timed once per explainer, and the times read back from the stored layout
     stages = {"predict", "deletion/random"} | {f"{kind}/{m}" for m in assessment.methods
                                                for kind in ("explain", "deletion", "metrics")}
-    assert set(assessment.seconds) == stages and all(v >= 0 for v in assessment.seconds.values())
-    assert Assessment.from_dict(metrics).seconds == assessment.seconds
+    assert set(assessment.stage_seconds) == stages
+    assert all(v >= 0 for v in assessment.stage_seconds.values())
+    assert Assessment.from_dict(metrics).stage_seconds == assessment.stage_seconds
     assert result.generate_seconds > 0  # generated from the spec
 
 

@@ -136,7 +136,8 @@ def test_a_transmil_study_cell_runs(torchmil_names: list[str], tmp_path: Path) -
         [record] = list(store.records())
     finally:
         store.close()
-    auroc = record["metrics"]["headline"]["attention.auroc"]
+    assert record.assessment is not None
+    auroc = record.assessment.headline()["attention.auroc"]
     assert 0.0 <= auroc <= 1.0
 
 

@@ -46,7 +46,7 @@ from attnsets.report.tables import (
 )
 from attnsets.study.config import validate_config
 from attnsets.study.runner import run_study
-from attnsets.study.store import CellRecord, ResultsStore
+from attnsets.study.store import ResultsStore
 
 CHROMIUM = Path("/usr/bin/chromium")
 SMALL_BAGS = {"kind": "normal", "mean": 6, "sd": 1, "min": 4}
@@ -105,12 +105,9 @@ def copy_cells(source: Path, target: Path, keep) -> Path:  # type: ignore[no-unt
         with ResultsStore.open_for_run(target) as out:
             for rec in store.records():
                 if keep(rec):
-                    out.write(CellRecord(
-                        cell_id=rec["cell_id"], study=rec["study"], status=rec["status"],
-                        spec=rec["spec"], metrics=rec["metrics"], error=rec["error"],
-                        seeds=rec["seeds"], config_hash=rec["config_hash"],
-                        versions=rec["versions"], started=rec["started"],
-                        finished=rec["finished"], arrays=store.arrays(rec["cell_id"])))
+                    if rec.assessment is not None:
+                        rec.assessment.arrays = store.arrays(rec.cell_id)
+                    out.write(rec)
     finally:
         store.close()
     shutil.copy(source / "config.json", target / "config.json")
@@ -121,8 +118,7 @@ def copy_cells(source: Path, target: Path, keep) -> Path:  # type: ignore[no-unt
 def partial_dir(study_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Only the mean-pooling cells of the vector dataset: no attention, one modality."""
     return copy_cells(study_dir, tmp_path_factory.mktemp("partial"),
-                      lambda r: r["spec"]["model_name"] == "mean"
-                      and r["spec"]["dataset_name"] == "vectors")
+                      lambda r: r.cell.model_name == "mean" and r.cell.dataset_name == "vectors")
 
 
 @pytest.fixture(scope="session")
@@ -184,12 +180,13 @@ def test_tables_are_csv_and_markdown_with_expected_columns(full_report) -> None:
 def test_headline_agrees_with_the_raw_store(full_report, study_dir: Path) -> None:
     headline = read_table(full_report[0], "headline").set_index(["dataset", "model"])
     store = ResultsStore(study_dir)
-    records = [r for r in store.records() if r["status"] == "done"]
+    records = store.done()
     store.close()
     for rec in records:
-        key = (rec["spec"]["dataset_name"], rec["spec"]["model_name"])
+        key = (rec.cell.dataset_name, rec.cell.model_name)
         row = headline.loc[key]
-        metrics = rec["metrics"]
+        assert rec.assessment is not None
+        metrics = rec.assessment.to_dict()
         assert row["bag_accuracy"] == pytest.approx(metrics["member_mean"]["bag"]["accuracy"])
         if key[1] == "mean":
             assert math.isnan(row["importance_auroc"])
@@ -217,8 +214,8 @@ def test_explainer_ranking_is_mean_auroc_over_cells(full_report, study_dir: Path
     records = store.records()
     store.close()
     for row in ranking.itertuples():
-        values = [r["metrics"]["member_mean"][row.explainer]["auroc"] for r in records
-                  if row.explainer in r["metrics"]["member_mean"]]
+        values = [r.assessment.explainers[row.explainer].mean("auroc") for r in records
+                  if r.assessment is not None and row.explainer in r.assessment.explainers]
         assert row.cells == len(values)
         assert row.mean_auroc == pytest.approx(np.mean(values))
     assert list(ranking["mean_auroc"]) == sorted(ranking["mean_auroc"], reverse=True)

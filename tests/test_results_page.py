@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from attnsets.cli import app
 from attnsets.errors import SpecError
-from attnsets.report.collect import load_study
+from attnsets.report.collect import open_results as load_study
 from attnsets.report.findings import (
     agreement_frame,
     cluster_bootstrap,
@@ -373,8 +373,9 @@ def test_four_bags_check_reads_the_convention_and_the_classes() -> None:
     rows.append({**rows[0], "rule": "pos_neg", "dataset": "pn"})  # another rule: left out
     rows.append({**rows[0], "model": "gated"})  # another model: left out
     members = pd.DataFrame(rows)
-    spec = {"dataset": {"rule": {"name": "four_bags", "evidence_convention": "milli"}}}
-    study = SimpleNamespace(done=[SimpleNamespace(cell_id=c, spec=spec) for c in ("c0", "c1")])
+    options = {"evidence_convention": "milli"}
+    study = SimpleNamespace(done=[SimpleNamespace(cell_id=c, rule_options=options)
+                                  for c in ("c0", "c1")])
     table = four_bags_check(members, study)  # type: ignore[arg-type]
     assert list(table["explainer"]) == ["attention", "single"]  # integrated_gradients not asked
     row = table.iloc[0]
@@ -433,17 +434,23 @@ def test_cost_section_accounts_for_every_worker_second(page: Path, study_dir: Pa
 
 
 def test_stage_seconds_reads_timed_and_older_records() -> None:
+    from attnsets.run import TrainingSummary
+    from attnsets.study.record import CellRecord
     from attnsets.study.results import stage_seconds
+    from test_store import tiny_cell
 
-    timed = {"generate_seconds": 1.0, "training": {"seconds": 10.0},
-             "seconds": {"predict": 0.5, "deletion/random": 2.0, "explain/attention": 0.25,
-                         "deletion/attention": 1.0, "metrics/attention": 0.75,
-                         "explain_all_classes/attention": 0.5, "unit_test": 1.0}}
-    assert stage_seconds(timed, 20.0) == {
+    training = TrainingSummary(10.0, [1], [0], [0.5])
+    timed = CellRecord(tiny_cell(), "done", training=training, started=0.0, finished=20.0,
+                       stage_seconds={"generate": 1.0, "predict": 0.5, "deletion/random": 2.0,
+                                      "explain/attention": 0.25, "deletion/attention": 1.0,
+                                      "metrics/attention": 0.75,
+                                      "explain_all_classes/attention": 0.5, "unit_test": 1.0})
+    assert stage_seconds(timed) == {
         "generate": 1.0, "training": 10.0, "predict": 0.5, "deletion curves": 3.0,
         "explain: attention": 0.75, "metrics": 0.75, "unit test": 1.0, "other": 3.0}
-    older = {"training": {"seconds": 10.0}}  # written before the stages were timed
-    assert stage_seconds(older, 16.0) == {"training": 10.0, "assessment": 6.0}
+    # written before the stages were timed
+    older = CellRecord(tiny_cell(), "done", training=training, started=0.0, finished=16.0)
+    assert stage_seconds(older) == {"training": 10.0, "assessment": 6.0}
 
 
 def test_cost_summary_and_stage_table_read_as_text() -> None:

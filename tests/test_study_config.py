@@ -35,17 +35,16 @@ def test_shipped_configs_validate() -> None:
         assert_cells_carry_their_tables(name, config)
     large = study_cells(loaded["paper-large.toml"])
     assert len({c.replicate for c in large}) == 5
-    assert {c.model["pooling"] for c in large} == {c.model["pooling"] for c in study_cells(
-        loaded["paper.toml"])}
+    assert {c.pooling for c in large} == {c.pooling for c in study_cells(loaded["paper.toml"])}
     assert all(c.run_spec.assess is not None and c.run_spec.assess.bag_budget == 20
                for c in large)
     paper = study_cells(loaded["paper.toml"])
     from attnsets.data import RULES
     from attnsets.models import POOLINGS
 
-    assert {c.dataset["rule"]["name"] for c in paper} == set(RULES.names())
-    assert {c.model["pooling"] for c in paper} == set(POOLINGS.names())
-    assert {c.dataset["pool"]["name"] for c in paper} == {"gaussian", "digits", "sequences", "table"}
+    assert {c.rule for c in paper} == set(RULES.names())
+    assert {c.pooling for c in paper} == set(POOLINGS.names())
+    assert {c.pool for c in paper} == {"gaussian", "digits", "sequences", "table"}
     assert len({c.replicate for c in paper}) >= 2
 
 
@@ -78,7 +77,7 @@ def test_cells_are_the_product_and_ids_are_stable() -> None:
     assert [c.cell_id for c in study_cells(validate_config(copy.deepcopy(raw)))] == \
         [c.cell_id for c in cells]
     assert Cell.from_dict(cells[0].to_dict()) == cells[0]
-    assert cells[0].dataset["seed"] == cells[0].replicate
+    assert cells[0].run.dataset.seed == cells[0].replicate
     assert set(cells[0].seeds).isdisjoint(cells[1].seeds)
 
 
@@ -87,7 +86,7 @@ def test_grid_expands_over_every_dataset_and_training() -> None:
     raw["grid"] = {"datasets.bag_size.mean": [5, 20], "training.lr": [0.01, 0.001]}
     cells = study_cells(validate_config(raw))
     assert len(cells) == 4 * 2
-    assert {(c.dataset["bag_size"]["mean"], c.training["lr"]) for c in cells} == \
+    assert {(c.run.dataset.bag_size.mean, c.run.training.lr) for c in cells} == \
         {(5, 0.01), (5, 0.001), (20, 0.01), (20, 0.001)}
     assert len(expand_grid(raw, raw["grid"])) == 4
 
@@ -102,7 +101,6 @@ def test_dataset_training_replaces_the_shared_settings_for_its_cells_only() -> N
     short, long = by_name["g"], by_name["long"]
     assert short.run_spec.training.epochs == 2 and short.run_spec.training.lr == 0.001
     assert long.run_spec.training.epochs == 7 and long.run_spec.training.lr == 0.003
-    assert long.training == {"epochs": 7, "lr": 0.003} and "training" not in long.dataset
     # The cells of a dataset without its own settings keep their ids (a store resumes them);
     # the others are new cells.
     assert short.cell_id == before["g"] and long.cell_id != before["long"]
@@ -182,3 +180,69 @@ def test_per_encoder_params_apply_only_to_their_encoder() -> None:
     conv_channels = [m.out_channels for m in image.encoder.modules() if hasattr(m, "out_channels")]
     assert conv_channels == [3, 5]
     assert [m.out_features for m in vector.encoder.modules() if hasattr(m, "out_features")] == [7, 8]
+
+
+# -- cell ids: spelling never changes them, a real change always does (issue 21) -----------------
+
+def _ids(raw: dict[str, Any]) -> list[str]:
+    return [c.cell_id for c in study_cells(validate_config(raw))]
+
+
+SPELLINGS: list[tuple[str, Any]] = [
+    # (dotted path into minimal(), a value equal to what is there or to the default)
+    ("training.batch_size", 16), ("training.lr", 0.001), ("training.patience", 10),
+    ("models.0.embed_dim", 8), ("models.0.pooling_params", {}), ("models.0.encoder", None),
+    ("datasets.0.witnesses", {"count": [1, 3]}), ("datasets.0.bag_size", {"kind": "normal"}),
+    ("datasets.0.pool", {"name": "gaussian", "dim": 4, "noise": 1}),
+    ("study.combine", "mean_normalised"),
+    ("study.ensemble_sizes", [1, 2, 3]), ("study.bootstrap", 200), ("thresholds.max_importance", 0.7),
+    ("training.weight_decay", 1e-4), ("training.class_weights", "balanced"),
+]
+CHANGES: list[tuple[str, Any]] = [
+    ("training.batch_size", 8), ("training.lr", 0.01), ("training.patience", None),
+    ("models.0.embed_dim", 16), ("models.0.pooling_params", {"attention_dim": 16}),
+    ("datasets.0.witnesses", {"count": [1, 2]}), ("datasets.0.bag_size", {"kind": "fixed"}),
+    ("datasets.0.pool", {"name": "gaussian", "dim": 5}), ("study.combine", "median"),
+    ("study.ensemble_sizes", [1, 3]), ("study.bootstrap", 50), ("thresholds.max_importance", 0.6),
+    ("datasets.0.rule", {"name": "presence", "key": 2}), ("study.explainers", ["attention", "random"]),
+]
+
+
+def _set(raw: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    raw = copy.deepcopy(raw)
+    *parents, last = dotted.split(".")
+    node: Any = raw
+    for key in parents:
+        node = node[int(key)] if key.isdigit() else node.setdefault(key, {})
+    node[last] = value
+    return raw
+
+
+@pytest.mark.parametrize(("path", "value"), SPELLINGS)
+def test_how_a_setting_is_spelled_never_changes_a_cell_id(path: str, value: Any) -> None:
+    """Fails on the code before issue 21 (the id hashed the raw tables): writing a default
+    out (`batch_size = 16`) made --resume retrain a finished cell."""
+    assert _ids(_set(minimal(), path, value)) == _ids(minimal())
+
+
+@pytest.mark.parametrize(("path", "value"), CHANGES)
+def test_every_real_change_changes_the_cell_ids(path: str, value: Any) -> None:
+    changed = _ids(_set(minimal(), path, value))
+    assert not set(changed) & set(_ids(minimal()))
+
+
+def test_the_pool_shorthand_and_its_table_are_one_cell() -> None:
+    plain = minimal()
+    plain["datasets"][0]["pool"] = "gaussian"
+    table = _set(plain, "datasets.0.pool", {"name": "gaussian"})
+    explicit = _set(table, "models.0.embed_dim", 8)
+    assert _ids(plain) == _ids(table) == _ids(explicit)
+    (cell, *_) = study_cells(validate_config(plain))
+    assert Cell.from_dict(cell.to_dict()) == cell and cell.pool == "gaussian"
+
+
+def test_device_and_names_what_is_and_is_not_identity() -> None:
+    base = _ids(minimal())
+    assert _ids(_set(minimal(), "study.device", "cpu")) == base  # where it runs: not identity
+    assert not set(_ids(_set(minimal(), "models.0.name", "other"))) & set(base)
+    assert not set(_ids(_set(minimal(), "study.name", "other"))) & set(base)

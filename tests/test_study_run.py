@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import signal
@@ -23,7 +24,9 @@ from typer.testing import CliRunner
 from attnsets.cli import app
 from attnsets.errors import SpecError, SpecErrors
 from attnsets.models import POOLINGS, SetOutput
+from attnsets.run import RunSpec
 from attnsets.study.config import study_cells, validate_config
+from attnsets.study.record import CellRecord
 from attnsets.study.results import results_frame
 from attnsets.study.runner import StudyExistsError, run_study
 from attnsets.study.store import ResultsStore
@@ -45,8 +48,8 @@ def tiny(cells_per_model: int = 2, name: str = "tiny") -> dict[str, Any]:
     }
 
 
-def comparable(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """cell_id -> metrics without wall-clock fields."""
+def comparable(records: list[CellRecord]) -> dict[str, Any]:
+    """cell_id -> what the cell found (its assessment and training, without wall-clock fields)."""
     def strip(value: Any) -> Any:
         if isinstance(value, dict):
             return {k: strip(v) for k, v in value.items() if "seconds" not in k and k != "wall_time"}
@@ -55,7 +58,10 @@ def comparable(records: list[dict[str, Any]]) -> dict[str, Any]:
         if isinstance(value, float) and math.isnan(value):
             return "nan"
         return value
-    return {r["cell_id"]: (r["status"], strip(r["metrics"])) for r in records}
+    def found(record: CellRecord) -> dict[str, Any]:
+        return {**(record.assessment.to_dict() if record.assessment else {}),
+                "training": record.training.to_dict() if record.training else {}}
+    return {r.cell_id: (r.status, strip(found(r))) for r in records}
 
 
 def test_tiny_study_end_to_end_and_results_export(tmp_path: Path) -> None:
@@ -70,8 +76,8 @@ def test_tiny_study_end_to_end_and_results_export(tmp_path: Path) -> None:
     assert (tmp_path / "study.log").read_text().count("done ") == 4
     store = ResultsStore(tmp_path)
     record = store.records()[0]
-    assert record["versions"]["torch"] == torch.__version__
-    assert set(record["spec"]) >= {"dataset", "model", "training", "seeds", "cell_id"}
+    assert record.versions["torch"] == torch.__version__
+    assert record.cell.run.training.epochs == 2 and len(record.cell.seeds) == 2
     cell = frame.loc[frame["model"] == "att", "cell_id"].iloc[0]
     assert store.arrays(cell)["scores/attention"].shape[0] == 2
     for suffix in ("csv", "parquet"):
@@ -119,8 +125,8 @@ def test_a_failing_cell_is_recorded_and_the_study_goes_on(tmp_path: Path, explod
     summary = run_study(validate_config(raw), tmp_path, show_progress=False)
     assert (summary.done, summary.failed) == (1, 1)
     assert "plugin exploded" in summary.failures[0][1]
-    failed = [r for r in ResultsStore(tmp_path).records() if r["status"] == "failed"]
-    assert "RuntimeError: plugin exploded" in failed[0]["error"]
+    failed = ResultsStore(tmp_path).records("failed")
+    assert "RuntimeError: plugin exploded" in (failed[0].error or "")
     assert "plugin exploded" in (tmp_path / "study.log").read_text()
     # --resume retries failed cells only.
     again = run_study(validate_config(raw), tmp_path, resume=True, show_progress=False)
@@ -333,7 +339,7 @@ import os
 import signal
 import time
 
-from attnsets.study.store import CellRecord
+from attnsets.study.record import CellRecord
 
 
 def run_cell(cell):
@@ -343,8 +349,7 @@ def run_cell(cell):
         time.sleep(0.2)
         os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(0.5)
-    return CellRecord(cell_id=cell.cell_id, study=cell.study, status="done", spec=cell.to_dict(),
-                      seeds=list(cell.seeds), config_hash=cell.config_hash)
+    return CellRecord(cell=cell, status="done")
 '''
 
 
@@ -397,9 +402,9 @@ def scheduling_study() -> dict[str, Any]:
 
 
 def test_cost_estimate_grows_with_bags_and_is_cubic_for_perturbing_self_attention() -> None:
-    from attnsets.study.runner import estimated_cost
+    from attnsets.study.runner import assessment_cost, estimated_cost
 
-    cells = {(c.dataset_name, c.model_name): c.to_dict()
+    cells = {(c.dataset_name, c.model_name): c.run
              for c in study_cells(validate_config(scheduling_study()))}
     cost = {key: estimated_cost(spec) for key, spec in cells.items()}
     assert cost[("large", "att")] > cost[("g", "att")]
@@ -409,12 +414,14 @@ def test_cost_estimate_grows_with_bags_and_is_cubic_for_perturbing_self_attentio
     # so its cost grows faster with the bag size than attention pooling's (~N).
     assessment = {}
     for key, value in cells.items():
-        assessment[key] = estimated_cost({**value, "training": {**value["training"], "epochs": 0}})
+        assessment[key] = assessment_cost(value)
     growth_tcls = assessment[("large", "tcls")] / assessment[("g", "tcls")]
     growth_att = assessment[("large", "att")] / assessment[("g", "att")]
     assert growth_tcls > 1.5 * growth_att and growth_att > 35 / 6
     spec = cells[("g", "tcls")]
-    more = {**spec, "explainers": [*spec["explainers"], "shapley"]}
+    assert spec.assess is not None
+    more = dataclasses.replace(spec, assess=dataclasses.replace(
+        spec.assess, explainers=(*spec.assess.explainers, "shapley")))
     assert estimated_cost(more) > estimated_cost(spec)
 
 
@@ -424,28 +431,24 @@ def test_schedule_puts_the_most_expensive_cells_first_and_learns_from_timings() 
     cells = study_cells(validate_config(scheduling_study()))
     order = [(c.dataset_name, c.model_name) for c in schedule(cells)]
     assert order[0] == ("large", "tcls") and order[-1] == ("g", "att")
-    costs = [estimated_cost(c.to_dict()) for c in schedule(cells)]
+    costs = [estimated_cost(c.run) for c in schedule(cells)]
     assert costs == sorted(costs, reverse=True)
     # A resumed study: the small attention cell took 10,000x its estimate and the small
     # transformer_cls cell just its estimate, so the large attention cell now goes first.
     small = [c for c in cells if c.dataset_name == "g"]
-    finished = [{"spec": c.to_dict(), "seconds": (1e4 if c.model_name == "att" else 1.0)
-                 * estimated_cost(c.to_dict())} for c in small]
+    finished = [CellRecord(cell=c, status="done", started=0.0, finished=(
+        1e4 if c.model_name == "att" else 1.0) * estimated_cost(c.run)) for c in small]
     rest = [c for c in cells if c.dataset_name == "large"]
     assert [c.model_name for c in schedule(rest)] == ["tcls", "att"]
     assert [c.model_name for c in schedule(rest, finished)] == ["att", "tcls"]
 
 
 def test_run_study_starts_the_most_expensive_cell_first(tmp_path: Path) -> None:
-    from attnsets.study.store import CellRecord
-
     started: list[tuple[str, str]] = []
 
     def record_order(cell: Any) -> CellRecord:
         started.append((cell.dataset_name, cell.model_name))
-        return CellRecord(cell_id=cell.cell_id, study=cell.study, status="done",
-                          spec=cell.to_dict(), seeds=list(cell.seeds),
-                          config_hash=cell.config_hash, started=0.0, finished=1.0)
+        return CellRecord(cell=cell, status="done", started=0.0, finished=1.0)
 
     summary = run_study(validate_config(scheduling_study()), tmp_path, run_cell=record_order,
                         show_progress=False)
@@ -457,13 +460,63 @@ def test_cost_estimate_counts_the_encoder_of_the_data_kind() -> None:
     """A CNN on digits or a sequence CNN costs more per instance than the vector MLP: at equal
     bag sizes an image or sequence cell is estimated dearer (the demo's mean-pooling cells took
     3.5 s on vectors, 20 s on digits bags half as large)."""
+    from attnsets.spec import from_dict
     from attnsets.study.runner import ENCODER_COST, estimated_cost
 
-    base = {"dataset": {"pool": {"name": "gaussian"}, "rule": {"name": "presence"},
-                        "bag_size": {"kind": "fixed", "mean": 10}},
-            "model": {"pooling": "mean"}, "seeds": [0, 1], "training": {"epochs": 5},
-            "explainers": ["attention"]}
-    costs = {pool: estimated_cost({**base, "dataset": {**base["dataset"], "pool": {"name": pool}}})
-             for pool in ("gaussian", "digits", "sequences")}
+    def run(pool: str) -> RunSpec:
+        return from_dict(RunSpec, {"dataset": {"pool": pool, "rule": "presence",
+                                               "bag_size": {"kind": "fixed", "mean": 10}},
+                                   "model": {"pooling": "mean"}, "seeds": [0, 1],
+                                   "training": {"epochs": 5}, "assess": {"explainers": ["attention"]}})
+
+    costs = {pool: estimated_cost(run(pool)) for pool in ("gaussian", "digits", "sequences")}
     assert costs["digits"] > 5 * costs["gaussian"] and costs["sequences"] > 5 * costs["gaussian"]
     assert ENCODER_COST["vector"] == 1.0
+
+
+def test_the_pool_shorthand_runs_resumes_and_reports(tmp_path: Path) -> None:
+    """`pool = "gaussian"` (the string shorthand DatasetSpec accepts) validated, then crashed
+    `attnsets run` in the scheduler before issue 21 (the cost model dug `.get` out of the raw
+    table); the results table read the pool name the same way."""
+    raw = tiny(cells_per_model=1, name="shorthand")
+    raw["datasets"][0]["pool"] = "gaussian"
+    raw["models"][0]["embed_dim"] = 8
+    config = write_study_toml(raw, tmp_path / "s.toml")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(config), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "1 done, 0 failed" in result.output
+    frame = results_frame(out)
+    assert list(frame["pool"]) == ["gaussian"] and list(frame["rule"]) == ["presence"]
+    # Spelled out as a table with a default written explicitly it is the same cell: nothing reruns.
+    raw["datasets"][0]["pool"] = {"name": "gaussian"}
+    raw["training"]["batch_size"] = 8
+    raw["training"]["lr"] = 0.001
+    again = runner.invoke(app, ["run", str(write_study_toml(raw, tmp_path / "t.toml")), "--out",
+                                str(out), "--resume"])
+    assert again.exit_code == 0, again.output
+    assert "0 done, 0 failed, 1 already done" in again.output
+
+
+def test_resume_with_the_config_of_another_study_is_refused(tmp_path: Path) -> None:
+    run_study(validate_config(tiny(cells_per_model=1)), tmp_path, show_progress=False)
+    before = (tmp_path / "results.sqlite").read_bytes(), (tmp_path / "config.json").read_text()
+    other = write_study_toml(tiny(cells_per_model=1, name="other"), tmp_path / "other.toml")
+    result = runner.invoke(app, ["run", str(other), "--out", str(tmp_path), "--resume"])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "results.sqlite" in text and "'tiny'" in text and "'other'" in text
+    assert "Traceback" not in result.output
+    assert ((tmp_path / "results.sqlite").read_bytes(), (tmp_path / "config.json").read_text()) \
+        == before
+
+
+def test_a_second_run_while_one_holds_the_store_is_refused(tmp_path: Path) -> None:
+    from attnsets.study.store import ResultsStore
+
+    config = write_study_toml(tiny(cells_per_model=1), tmp_path / "s.toml")
+    with ResultsStore.open_for_run(tmp_path / "out"):
+        result = runner.invoke(app, ["run", str(config), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "another attnsets run" in result.output
+    assert "study.lock" in " ".join(result.output.split())
+    assert not (tmp_path / "out" / "config.json").exists()

@@ -14,19 +14,21 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from attnsets.assessment import (
     Aopc,
+    ArrayKey,
     Assessment,
     BagMetrics,
     ClassScores,
     CurvePoint,
     ExplainerAssessment,
     MetricTable,
+    Stage,
     UnitTest,
     nanmean,
 )
@@ -107,7 +109,7 @@ class AssessSpec:
     deletion_steps: int = constrained(Interval(int, 1), default=10)
     batch_size: int = constrained(Interval(int, 1), default=128)
     seed: int = constrained(Interval(int, 0), default=0)
-    device: str | None = None
+    device: str | None = field(default=None, metadata={"identity": False})
     evaluated_classes: str = constrained(Options(EVALUATED_CLASSES), default="label")
     bag_budget: int | None = constrained(or_none(Interval(int, 1)), default=None)
     random_orders: int = constrained(Interval(int, 1), default=10)
@@ -266,19 +268,19 @@ def _assess_method(method: str, members: Sequence[SetModel], data: _TestData,
     deletion = data if budget is None else data.subset(budget)
     if resolve_method(method)[1].expensive:
         data = deletion
-    with timer(f"explain/{method}"):
+    with timer(Stage.of(Stage.EXPLAIN, method)):
         scores = explain_members(members, data.batches, method, spec.options_for(method),
                                  spec.seed)
     # The deletion curves see the budget's bags: a cheap explainer's scores are cut to them.
     deletion_scores = scores if data is deletion else scores[:, budget]
-    with timer(f"deletion/{method}"):
+    with timer(Stage.of(Stage.DELETION, method)):
         aopcs = [_aopc(m, deletion.batches, s, r, spec.deletion_steps, spec.seed)
                  for m, s, r in zip(members, deletion_scores, random_curves, strict=True)]
-    with timer(f"metrics/{method}"):
+    with timer(Stage.of(Stage.METRICS, method)):
         result = _score_method(method, members, data, scores, aopcs, member_bag, ensemble_bag,
                                spec)
     if spec.evaluated_classes == "all":
-        with timer(f"explain_all_classes/{method}"):
+        with timer(Stage.of(Stage.EXPLAIN_ALL_CLASSES, method)):
             result = dataclasses.replace(
                 result, all_classes=_all_classes(method, members, data, spec, scores))
     return result, scores
@@ -364,7 +366,7 @@ def assess(members: Sequence[SetModel], dataset: SetDataset, spec: AssessSpec | 
     methods, not_applicable = applicable_methods(members[0], batches[0], spec.explainers)
 
     timer = StageTimer()
-    with timer("predict"):
+    with timer(Stage.PREDICT):
         probs = predict(members, batches)  # (K, B, C)
     member_bag = [BagMetrics.from_dict(bag_metrics(labels, p)) for p in probs]
     ensemble_bag = BagMetrics.from_dict(bag_metrics(labels, combine_probs(probs)))
@@ -373,11 +375,11 @@ def assess(members: Sequence[SetModel], dataset: SetDataset, spec: AssessSpec | 
                      np.arange(len(labels)))
     budget = budget_rows(len(labels), spec.bag_budget, spec.seed)
     arrays: dict[str, np.ndarray] = {
-        "mask": mask, "evidence": evidence.astype(np.int8), "labels": labels,
-        "probs": probs.astype(np.float32),
-        "concepts": torch.cat([b.concepts for b in batches]).cpu().numpy()}
+        ArrayKey.MASK: mask, ArrayKey.EVIDENCE: evidence.astype(np.int8),
+        ArrayKey.LABELS: labels, ArrayKey.PROBS: probs.astype(np.float32),
+        ArrayKey.CONCEPTS: torch.cat([b.concepts for b in batches]).cpu().numpy()}
     deletion_batches = batches if budget is None else data.subset(budget).batches
-    with timer("deletion/random"):
+    with timer(Stage.RANDOM_DELETION):
         random_curves = [_random_curves(m, deletion_batches, spec.deletion_steps, spec.seed,
                                         spec.random_orders) for m in members] if methods else []
     explainers: dict[str, ExplainerAssessment] = {}
@@ -389,16 +391,16 @@ def assess(members: Sequence[SetModel], dataset: SetDataset, spec: AssessSpec | 
             full = np.zeros((scores.shape[0], *mask.shape), dtype=np.float32)
             full[:, budget] = scores
             scores = full
-            arrays[f"explained_bags/{method}"] = np.isin(np.arange(len(labels)), budget)
-        arrays[f"scores/{method}"] = scores.astype(np.float32)
+            arrays[ArrayKey.explained(method)] = np.isin(np.arange(len(labels)), budget)
+        arrays[ArrayKey.scores(method)] = scores.astype(np.float32)
     unit = None
     if dataset.spec.shifted_test:
-        with timer("unit_test"):
+        with timer(Stage.UNIT_TEST):
             unit = _unit_test(members, dataset, spec, member_bag, ensemble_bag, device)
     return Assessment(n_members=len(members), criteria=spec.criteria, member_bag=member_bag,
                       ensemble_bag=ensemble_bag, explainers=explainers,
                       not_applicable=not_applicable, unit_test=unit, arrays=arrays,
-                      seconds=timer.seconds)
+                      stage_seconds=timer.seconds)
 
 
 class StageTimer:

@@ -26,6 +26,66 @@ from attnsets.metrics.silent import SilentFailureCriteria, UnitTestResult
 MetricTable = dict[str, float]
 
 
+class Stage:
+    """Names of the timed stages of a cell (`Assessment.stage_seconds`, `CellRecord.stage_seconds`):
+    whole-cell stages, and per-method ones ``<kind>/<method>`` built by `Stage.of`."""
+
+    GENERATE = "generate"
+    PREDICT = "predict"
+    UNIT_TEST = "unit_test"
+    EXPLAIN = "explain"
+    EXPLAIN_ALL_CLASSES = "explain_all_classes"
+    DELETION = "deletion"
+    METRICS = "metrics"
+    #: The random-order reference deletion curves (one per member).
+    RANDOM_DELETION = "deletion/random"
+
+    @staticmethod
+    def of(kind: str, method: str) -> str:
+        return f"{kind}/{method}"
+
+    @staticmethod
+    def split(stage: str) -> tuple[str, str]:
+        """(kind, method) of a stage name; method is "" for a whole-cell stage."""
+        kind, _, method = stage.partition("/")
+        return kind, method
+
+
+class ArrayKey:
+    """Names of the per-instance arrays of an assessment (`Assessment.arrays`, stored per cell).
+
+    ``scores/<method>`` (K, B, N) float32 holds 0 for the bags a bag budget skipped; which bags
+    were scored is ``explained_bags/<method>`` (B,) bool, present only when a budget skipped
+    some: read scores through `explained_bags` (every bag when absent)."""
+
+    MASK = "mask"
+    EVIDENCE = "evidence"
+    LABELS = "labels"
+    PROBS = "probs"
+    CONCEPTS = "concepts"
+
+    @staticmethod
+    def scores(method: str) -> str:
+        return f"scores/{method}"
+
+    @staticmethod
+    def explained(method: str) -> str:
+        return f"explained_bags/{method}"
+
+    @staticmethod
+    def split_scores(split: str) -> str:
+        """Per-split scores of explain-data's saved outputs."""
+        return f"{split}/scores"
+
+
+def explained_bags(arrays: Mapping[str, np.ndarray], method: str) -> np.ndarray:
+    """(B,) bool: the bags `method` scored (all of them when no budget skipped any)."""
+    key = ArrayKey.explained(method)
+    if key in arrays:
+        return np.asarray(arrays[key], dtype=bool)
+    return np.ones(np.asarray(arrays[ArrayKey.MASK]).shape[0], dtype=bool)
+
+
 def _floats(table: Mapping[str, Any]) -> MetricTable:
     return {str(k): float(v) for k, v in table.items()}
 
@@ -231,7 +291,7 @@ class Assessment:
     #: Wall seconds per stage of the assessment: ``predict``, ``deletion/random`` (the
     #: random-order reference curves), ``explain/<method>``, ``deletion/<method>``,
     #: ``metrics/<method>``, ``explain_all_classes/<method>``, ``unit_test``.
-    seconds: dict[str, float] = field(default_factory=dict, compare=False)
+    stage_seconds: dict[str, float] = field(default_factory=dict, compare=False)
 
     @property
     def member_mean_bag(self) -> BagMetrics:
@@ -291,8 +351,8 @@ class Assessment:
         if every_class:  # absent otherwise, as in stores written before it existed
             out["all_classes"] = every_class
         out["headline"] = self.headline()
-        if self.seconds:  # absent in stores written before stages were timed
-            out["seconds"] = dict(self.seconds)
+        if self.stage_seconds:
+            out["stage_seconds"] = dict(self.stage_seconds)
         return out
 
     @staticmethod
@@ -326,7 +386,9 @@ class Assessment:
             ensemble_bag=BagMetrics.from_dict(ensemble.get("bag", {})),
             explainers=explainers, not_applicable=dict(data.get("not_applicable", {})),
             unit_test=UnitTest.from_dict(unit) if unit else None,
-            arrays=dict(arrays or {}), seconds=_floats(data.get("seconds", {})))
+            arrays=dict(arrays or {}),
+            # "seconds": the name schema version 1 stored them under
+            stage_seconds=_floats(data.get("stage_seconds", data.get("seconds", {}))))
 
 
 _DEFAULT_CRITERIA = {f.name: f.default for f in fields(SilentFailureCriteria)}

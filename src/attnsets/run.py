@@ -15,7 +15,6 @@ import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -121,9 +120,20 @@ class TrainingSummary:
     best_epoch: list[int | None]
     best_val_loss: list[float]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, float | list[int] | list[int | None] | list[float]]:
         return {"seconds": self.seconds, "epochs_run": list(self.epochs_run),
                 "best_epoch": list(self.best_epoch), "best_val_loss": list(self.best_val_loss)}
+
+    @staticmethod
+    def from_dict(data: Mapping[str, object]) -> TrainingSummary:
+        def ints(key: str) -> list[int | None]:
+            return [None if v is None else int(v) for v in data.get(key) or []]  # type: ignore[attr-defined]
+
+        return TrainingSummary(
+            seconds=float(data.get("seconds", 0.0)),  # type: ignore[arg-type]
+            epochs_run=[int(v) for v in ints("epochs_run") if v is not None],
+            best_epoch=ints("best_epoch"),
+            best_val_loss=[float(v) for v in data.get("best_val_loss") or []])  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)

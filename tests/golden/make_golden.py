@@ -92,8 +92,9 @@ def compute(store_dir: Path) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp())
     run_study(validate_config(STUDY), store_dir, show_progress=False)
     records = ResultsStore(store_dir).records()
-    out["study"] = {f"{r['spec']['dataset_name']}/{r['spec']['model_name']}": clean(r["metrics"])
-                    for r in records}
+    out["study"] = {f"{r.cell.dataset_name}/{r.cell.model_name}": clean({
+        **r.assessment.to_dict(), "training": r.training.to_dict()})
+        for r in records if r.assessment is not None and r.training is not None}
     out["study_frame_columns"] = sorted(results_frame(store_dir).columns)
 
     config = work / "evaluate.toml"

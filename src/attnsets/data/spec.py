@@ -186,7 +186,10 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def dataset_spec_from_dict(data: Mapping[str, object], path: str = "") -> DatasetSpec:
+def dataset_spec_from_dict(data: Mapping[str, object], path: str = "", check_data: bool = True
+                           ) -> DatasetSpec:
+    """check_data=False: the structure only, without building the pool and rule (a stored
+    record reads back even where the pool's files are absent)."""
     # data.generate builds pools and rules, which import this module: a real cycle.
     from attnsets.data.generate import check_components
 
@@ -207,7 +210,9 @@ def dataset_spec_from_dict(data: Mapping[str, object], path: str = "") -> Datase
     seed = data.get("seed", 0)
     spec = None
     if pool is not None and rule is not None:
-        errors.extend(e.with_prefix(path) for e in check_components(pool, rule, size, witnesses))
+        if check_data:
+            errors.extend(e.with_prefix(path) for e in check_components(pool, rule, size,
+                                                                        witnesses))
         try:
             spec = DatasetSpec(pool, rule, dict(bags) if isinstance(bags, Mapping)
                                else bags, size, witnesses, seed)

@@ -9,8 +9,9 @@ cell finished in it, logged from the driver as each cell is stored (`run_study(o
 - params: the cell's spec flattened (``dataset.pool.name``, ``model.pooling``, ...; lists and
   other non-scalars as JSON);
 - metrics: the headline numbers (``headline.bag_accuracy``, ``headline.attention.auroc``,
-  ``headline.attention.silent_rate``, ...) and the cell's seconds;
-- artifact ``record.json``: the whole record as stored (spec, metrics, seeds, versions);
+  ``headline.attention.silent_rate``, ...) and the cell's ``wall_seconds``;
+- artifact ``record.json``: the whole record as the store keeps it (cell, assessment,
+  training, stage seconds, versions);
 - tags: ``attnsets.cell_id``, ``attnsets.kind`` = "cell", status; failed cells are FAILED
   runs with the error as ``error.txt``.
 
@@ -25,14 +26,15 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from attnsets.errors import SpecError
+from attnsets.spec.codec import to_dict
 from attnsets.spec.constraints import is_real
+from attnsets.study.cell import Cell
+from attnsets.study.record import CellRecord
 from attnsets.study.results import flatten
-from attnsets.study.store import CellRecord, dumps
+from attnsets.study.store import COLUMNS, JSON_COLUMNS, dumps, record_row
 
 try:
     from mlflow.entities import Metric, Param, RunTag
@@ -51,10 +53,14 @@ def default_uri(out: str | Path) -> str:
     return (Path(out).resolve() / "mlruns").as_uri()
 
 
-def _params(spec: Mapping[str, Any]) -> list[Param]:
-    """The spec flattened to dotted keys; non-scalars as JSON, cut to MLflow's value limit."""
+def _params(cell: Cell) -> list[Param]:
+    """The cell's names and canonical run flattened to dotted keys (``dataset.pool.name``,
+    ``model.pooling``, ...); non-scalars as JSON, cut to MLflow's value limit."""
+    names: dict[str, object] = {"study": cell.study, "dataset_name": cell.dataset_name,
+                                "model_name": cell.model_name, "variant": cell.variant,
+                                "replicate": cell.replicate}
     out = []
-    for key, value in sorted(flatten(dict(spec)).items()):
+    for key, value in sorted(flatten({**names, **to_dict(cell.run)}).items()):
         text = value if isinstance(value, str) else json.dumps(value, sort_keys=True,
                                                                default=str)
         out.append(Param(key, text[:_MAX_PARAM]))
@@ -62,10 +68,11 @@ def _params(spec: Mapping[str, Any]) -> list[Param]:
 
 
 def headline_metrics(record: CellRecord) -> dict[str, float]:
-    """The finite scalar metrics under ``headline`` (flattened, prefixed ``headline.``) and the
-    cell's seconds."""
-    metrics = {f"headline.{k}": v for k, v in flatten(record.metrics.get("headline", {})).items()}
-    metrics["seconds"] = record.seconds
+    """The finite headline numbers (prefixed ``headline.``) and the cell's wall seconds."""
+    metrics: dict[str, float] = {}
+    if record.assessment is not None:
+        metrics = {f"headline.{k}": v for k, v in record.assessment.headline().items()}
+    metrics["wall_seconds"] = record.wall_seconds
     return {k: float(v) for k, v in metrics.items()
             if is_real(v) and math.isfinite(v)}
 
@@ -103,24 +110,22 @@ class MlflowTracker:
 
     def __call__(self, record: CellRecord) -> None:
         """Log one finished (or failed) cell as a child run of the study run."""
-        spec = record.spec
-        label = f"{spec.get('dataset_name')} x {spec.get('model_name')} seed " \
-                f"{spec.get('replicate')}" + (f" [{spec['variant']}]" if spec.get("variant")
-                                             else "")
+        label = record.cell.label
         run = self.client.create_run(self.experiment_id, run_name=label, tags={
             "mlflow.parentRunId": self.parent_id, "attnsets.kind": "cell",
             "attnsets.cell_id": record.cell_id, "attnsets.status": record.status})
         run_id = run.info.run_id
         now = int(time.time() * 1000)
-        params = _params(spec)
+        params = _params(record.cell)
         metrics = [Metric(k, v, now, 0) for k, v in headline_metrics(record).items()]
         for start in range(0, max(len(params), len(metrics)), _BATCH):
             self.client.log_batch(run_id, metrics=metrics[start:start + _BATCH],
                                   params=params[start:start + _BATCH],
                                   tags=[RunTag("attnsets.study", record.study)] if start == 0
                                   else [])
-        self.client.log_text(run_id, json.dumps(json.loads(dumps(_record_dict(record))),
-                                                indent=2, sort_keys=True), "record.json")
+        stored = {k: json.loads(v) if k in JSON_COLUMNS and isinstance(v, str) else v
+                  for k, v in _record_dict(record).items()}
+        self.client.log_text(run_id, dumps(stored), "record.json")
         if record.error:
             self.client.log_text(run_id, record.error, "error.txt")
         self.client.set_terminated(run_id, "FINISHED" if record.status == "done" else "FAILED")
@@ -143,10 +148,6 @@ class MlflowTracker:
         self.client.set_terminated(self.parent_id, "FAILED" if failed else "FINISHED")
 
 
-def _record_dict(record: CellRecord) -> dict[str, Any]:
-    """The record as stored in the results store (per-instance arrays left out)."""
-    return {"cell_id": record.cell_id, "study": record.study, "status": record.status,
-            "spec": record.spec, "metrics": record.metrics, "error": record.error,
-            "seeds": record.seeds, "config_hash": record.config_hash,
-            "versions": record.versions, "started": record.started,
-            "finished": record.finished, "seconds": record.seconds}
+def _record_dict(record: CellRecord) -> dict[str, object]:
+    """The record as the store keeps it (per-instance arrays left out)."""
+    return dict(zip(COLUMNS, record_row(record), strict=True))

@@ -2,6 +2,7 @@
 tables (CSV + Markdown). See docs/report.md for what each figure shows and how to read it."""
 
 from attnsets.report.build import write_report
-from attnsets.report.collect import StudyView, load_study
+from attnsets.report.collect import StudyView, load_study, open_results
 
-__all__ = ["StudyView", "load_study", "write_report"]
+# load_study: the name of open_results before issue 21 (kept for one release).
+__all__ = ["StudyView", "load_study", "open_results", "write_report"]

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 import attnsets
 from attnsets.errors import SpecError
 from attnsets.metrics import SilentFailureCriteria
-from attnsets.report.collect import StudyView, load_study
+from attnsets.report.collect import StudyView, open_results
 from attnsets.report.examples import example_figures
 from attnsets.report.figures import (
     deletion_figure,
@@ -118,7 +118,7 @@ def _figure_specs(study: StudyView, curves: pd.DataFrame, palette: Palette
     method = study.method or "importance"
     criteria = study.done[0].criteria if study.done else SilentFailureCriteria()
     n_members = int((study.members["explainer"] == study.method).sum())
-    combine = study.done[0].spec.get("combine", "mean_normalised") if study.done else ""
+    combine = study.done[0].combine if study.done else ""
     region = (f"bag {criteria.bag_metric.replace('_', ' ')} ≥ {fmt(criteria.min_bag_score)} "
               f"and {method} {criteria.importance_metric.upper()} ≤ "
               f"{fmt(criteria.max_importance)}")
@@ -281,7 +281,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None, *,
     """
     tell = progress or (lambda _message: None)
     tell("reading results")
-    study = load_study(results_dir)
+    study = open_results(results_dir)
     out = Path(out_dir) if out_dir is not None else study.directory / "report"
     if out.exists() and not out.is_dir():
         raise SpecError("out", str(out), "a directory (it is a file)")

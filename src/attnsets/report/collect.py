@@ -15,6 +15,9 @@ import pandas as pd
 from attnsets.assessment import Assessment
 from attnsets.errors import SpecError
 from attnsets.metrics import SilentFailureCriteria
+from attnsets.run import TrainingSummary
+from attnsets.study.cell import Cell
+from attnsets.study.record import CellRecord
 from attnsets.study.store import STORE_NAME, ResultsStore
 
 #: The explainer the study is about; the report leads with it whenever the study has it.
@@ -31,7 +34,8 @@ MEMBER_COLUMNS = [
 
 @dataclass
 class CellView:
-    """One finished cell. `dataset` is the display label (dataset name, plus the grid variant)."""
+    """One finished cell. `dataset` is the display label (dataset name, plus the grid variant);
+    `cell` the cell as it ran (names + typed RunSpec)."""
 
     cell_id: str
     dataset: str
@@ -40,10 +44,22 @@ class CellView:
     pool: str
     rule: str
     kind: str
-    spec: dict[str, Any]
+    cell: Cell
     assessment: Assessment
     seeds: list[int]
-    training: dict[str, Any] = field(default_factory=dict)
+    training: TrainingSummary | None = None
+
+    @property
+    def combine(self) -> str:
+        """How the cell combined its members' explanations."""
+        assess = self.cell.run.assess
+        return assess.combine if assess is not None else "mean_normalised"
+
+    @property
+    def rule_options(self) -> dict[str, object]:
+        """The rule's parameters as the cell ran them."""
+        dataset = self.cell.run.dataset
+        return dict(dataset.rule.params) if dataset is not None else {}
 
     @property
     def criteria(self) -> SilentFailureCriteria:
@@ -66,13 +82,15 @@ class StudyView:
     directory: Path
     name: str
     done: list[CellView]
-    failed: list[dict[str, Any]]
+    failed: list[CellRecord]
     datasets: list[str]
     models: list[str]
     explainers: list[str]
     method: str | None
     members: pd.DataFrame
-    config: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)  # config.json as the run wrote it
+    #: Every record of the store, done and failed, as read once.
+    records: list[CellRecord] = field(default_factory=list)
 
     @property
     def n_cells(self) -> int:
@@ -92,10 +110,8 @@ def pool_kind(pool_name: str | None) -> str:
     return str(getattr(POOLS.get(pool_name), "kind", "unknown"))
 
 
-def dataset_label(spec: dict[str, Any]) -> str:
-    name = str(spec.get("dataset_name") or spec.get("dataset", {}).get("rule", {}).get("name", "?"))
-    variant = spec.get("variant") or ""
-    return f"{name} [{variant}]" if variant else name
+def dataset_label(cell: Cell) -> str:
+    return f"{cell.dataset_name} [{cell.variant}]" if cell.variant else cell.dataset_name
 
 
 def _ordered(found: list[str], preferred: list[str]) -> list[str]:
@@ -157,8 +173,9 @@ def member_rows(cell: CellView) -> list[dict[str, Any]]:
     return rows
 
 
-def load_study(results_dir: str | Path) -> StudyView:
-    """Read `results_dir/results.sqlite`. A missing directory or store raises SpecError."""
+def open_results(results_dir: str | Path) -> StudyView:
+    """Read `results_dir/results.sqlite` once. A missing directory or store, a damaged one or
+    one written by a newer attnsets raises SpecError."""
     directory = Path(results_dir)
     if not directory.is_dir() or not (directory / STORE_NAME).is_file():
         what = "no such directory" if not directory.is_dir() else f"no {STORE_NAME} inside"
@@ -171,39 +188,40 @@ def load_study(results_dir: str | Path) -> StudyView:
     finally:
         store.close()
     config = _read_config(directory)
-    done: list[CellView] = []
-    failed: list[dict[str, Any]] = []
-    for rec in records:
-        if rec["status"] != "done":
-            failed.append(rec)
-            continue
-        spec = rec["spec"]
-        pool = spec.get("dataset", {}).get("pool", {}).get("name", "")
-        done.append(CellView(
-            cell_id=rec["cell_id"], dataset=dataset_label(spec), model=str(spec.get("model_name")),
-            replicate=int(spec.get("replicate", 0)), pool=str(pool),
-            rule=str(spec.get("dataset", {}).get("rule", {}).get("name", "")),
-            kind=pool_kind(pool), spec=spec, assessment=Assessment.from_dict(rec["metrics"]),
-            seeds=list(rec["seeds"]), training=dict(rec["metrics"].get("training", {}))))
+    done = [_view(r) for r in records if r.done and r.assessment is not None]
+    failed = [r for r in records if not r.done]
     config_datasets = [str(d.get("name")) for d in config.get("datasets", [])]
     config_models = [str(m.get("name")) for m in config.get("models", [])]
     config_explainers = list(config.get("study", {}).get("explainers", []))
-    every = [*(c.spec for c in done), *(r["spec"] for r in failed)]
-    labels = [dataset_label(s) for s in every]
+    every = [r.cell for r in records]
+    labels = [dataset_label(c) for c in every]
     base_rank = {name: i for i, name in enumerate(config_datasets)}
     datasets = sorted(dict.fromkeys(labels), key=lambda lab: (
         base_rank.get(lab.split(" [")[0], len(base_rank)), lab))
-    models = _ordered([str(s.get("model_name")) for s in every], config_models)
-    spec_explainers = [m for s in every for m in s.get("explainers", [])]
+    models = _ordered([c.model_name for c in every], config_models)
+    spec_explainers = [m for c in every for m in c.explainers]
     explainers = _ordered([*spec_explainers, *(m for c in done for m in c.methods)],
                           config_explainers or spec_explainers)
     rows = [row for cell in done for row in member_rows(cell)]
     members = pd.DataFrame(rows, columns=MEMBER_COLUMNS)
-    name = str(config.get("study", {}).get("name") or (records[0]["study"] if records else
+    name = str(config.get("study", {}).get("name") or (records[0].study if records else
                                                        directory.name))
     return StudyView(directory=directory, name=name, done=done, failed=failed, datasets=datasets,
                      models=models, explainers=explainers, method=choose_method(done, explainers),
-                     members=members, config=config)
+                     members=members, config=config, records=records)
+
+
+def _view(record: CellRecord) -> CellView:
+    cell = record.cell
+    assert record.assessment is not None
+    return CellView(cell_id=record.cell_id, dataset=dataset_label(cell), model=cell.model_name,
+                    replicate=cell.replicate, pool=cell.pool, rule=cell.rule,
+                    kind=pool_kind(cell.pool), cell=cell, assessment=record.assessment,
+                    seeds=list(cell.seeds), training=record.training)
+
+
+#: The name before open_results; kept for one release.
+load_study = open_results
 
 
 def nanmean(values: list[float] | np.ndarray) -> float:

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from numpy.lib.stride_tricks import sliding_window_view
 
+from attnsets.assessment import ArrayKey, explained_bags
 from attnsets.data.bags import BagSplit
 from attnsets.metrics import normalise_per_bag, per_bag_auroc
 from attnsets.report.collect import BASELINE_METHODS, CellView, StudyView
@@ -128,10 +129,12 @@ def choose_example(study: StudyView, cells: list[CellView]) -> ExampleChoice | N
 def regenerate_test_split(cell: CellView, arrays: dict[str, np.ndarray]) -> tuple[BagSplit, Any]:
     """(test split, pool) rebuilt from the cell's dataset spec; ValueError when it does not
     match the stored arrays (e.g. a pool file changed since the study ran)."""
-    from attnsets.data import DatasetSpec, make_dataset
+    from attnsets.data import make_dataset
     from attnsets.data.generate import build_pool
 
-    spec = DatasetSpec.from_dict(cell.spec["dataset"])
+    spec = cell.cell.run.dataset
+    if spec is None:
+        raise ValueError("the cell holds no dataset spec")
     split = make_dataset(spec).test
     mask = arrays["mask"]
     same = (len(split) == mask.shape[0] and np.array_equal(mask.sum(axis=1), split.sizes)
@@ -145,13 +148,14 @@ def regenerate_test_split(cell: CellView, arrays: dict[str, np.ndarray]) -> tupl
 def _bag_order(choice: ExampleChoice, arrays: dict[str, np.ndarray], limit: int | None
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(bag indices best first, per-bag AUROC good, per-bag AUROC bad) over eligible bags."""
-    scores = arrays[f"scores/{choice.method}"].astype(np.float64)
-    mask, evidence = arrays["mask"], arrays["evidence"]
+    scores = arrays[ArrayKey.scores(choice.method)].astype(np.float64)
+    mask, evidence = arrays[ArrayKey.MASK], arrays[ArrayKey.EVIDENCE]
     good = per_bag_auroc(scores[choice.good], evidence, mask).values
     bad = per_bag_auroc(scores[choice.bad], evidence, mask).values if choice.bad is not None \
         else np.zeros_like(good)
     gap = good - bad
-    eligible = ~np.isnan(gap)
+    # A bag a budget skipped holds zeros, not scores: never an example.
+    eligible = ~np.isnan(gap) & explained_bags(arrays, choice.method)
     if limit is not None and (eligible & (mask.sum(axis=1) <= limit)).any():
         eligible &= mask.sum(axis=1) <= limit
     order = np.argsort(-np.where(eligible, gap, -np.inf), kind="stable")
@@ -230,7 +234,7 @@ def _pick_bag(choice: ExampleChoice, split: BagSplit, arrays: dict[str, np.ndarr
     b = int(order[0])
     bag = split[b]
     n = len(bag)
-    scores = arrays[f"scores/{choice.method}"][:, b, :n].astype(np.float64)
+    scores = arrays[ArrayKey.scores(choice.method)][:, b, :n].astype(np.float64)
     witness = arrays["evidence"][b, :n] > 0
     bad_scores = scores[choice.bad] if choice.bad is not None else scores[choice.good]
     shown = _shown_instances(witness, scores[choice.good], bad_scores, limit)
@@ -396,7 +400,7 @@ def _vector_figure(choice: ExampleChoice, split: BagSplit, arrays: dict[str, np.
         return None
     bags = np.sort(order[:MAX_VECTOR_BAGS])
     mask = arrays["mask"][bags]
-    scores = arrays[f"scores/{choice.method}"][:, bags].astype(np.float64)
+    scores = arrays[ArrayKey.scores(choice.method)][:, bags].astype(np.float64)
     normalised = np.stack([normalise_per_bag(s, mask, method="minmax") for s in scores])
     witness = (arrays["evidence"][bags] > 0)[mask]
     subset = split.subset(bags)
@@ -474,7 +478,7 @@ def example_figures(study: StudyView, notes: list[str]) -> list[Example]:
             arrays = store.arrays(choice.cell.cell_id)
         finally:
             store.close()
-        if f"scores/{choice.method}" not in arrays or "mask" not in arrays:
+        if ArrayKey.scores(choice.method) not in arrays or ArrayKey.MASK not in arrays:
             notes.append(f"Example bags ({kind}): the store holds no score arrays for "
                          f"{choice.cell.dataset} × {choice.cell.model}.")
             continue

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from attnsets.assessment import ArrayKey, explained_bags
 from attnsets.metrics.cluster import LEVEL, Estimate, cluster_bootstrap
 from attnsets.report.collect import StudyView
 
@@ -249,11 +250,15 @@ def mixed_ensembles(study: StudyView, method: str = "attention") -> pd.DataFrame
                        or not np.array_equal(a["evidence"], arrays[0]["evidence"])
                        for a in arrays):
                     continue  # not the same test bags
-                scores = np.concatenate([a[f"scores/{method}"] for a in arrays])  # (K, B, N)
-                mask = arrays[0]["mask"].astype(bool)
-                rule = str(cells[0].spec.get("combine", "mean_normalised"))
+                # The bags every cell's members scored (a bag budget skips the others).
+                rows = np.logical_and.reduce([explained_bags(a, method) for a in arrays])
+                scores = np.concatenate([a[ArrayKey.scores(method)][:, rows]
+                                         for a in arrays])  # (K, B', N)
+                mask = arrays[0][ArrayKey.MASK][rows].astype(bool)
+                rule = cells[0].combine
                 mixed = importance_report(combine_scores(scores, mask, rule),
-                                          arrays[0]["evidence"], mask, n_boot=0)["auroc"]
+                                          arrays[0][ArrayKey.EVIDENCE][rows], mask,
+                                          n_boot=0)["auroc"]
                 own = [c.assessment.explainers[method] for c in cells]
                 homogeneous = np.array([r.ensemble_value("auroc") for r in own])
                 best = int(np.argmax(np.nan_to_num(homogeneous, nan=-1.0)))
@@ -311,15 +316,16 @@ def agreement_frame(study: StudyView, method: str = "attention",
             if method not in cell.methods or cell.n_members < 2:
                 continue
             arrays = store.arrays(cell.cell_id)
-            key = f"scores/{method}"
+            key = ArrayKey.scores(method)
             if key not in arrays:
                 continue
-            scores, mask = arrays[key], arrays["mask"].astype(bool)
+            rows = explained_bags(arrays, method)  # the bags a budget skipped hold no scores
+            scores, mask = arrays[key][:, rows], arrays[ArrayKey.MASK][rows].astype(bool)
             signals = agreement(scores, mask, top_fraction=top_fraction)
-            truth = per_bag_auroc(signals.consensus, arrays["evidence"], mask).values
+            truth = per_bag_auroc(signals.consensus, arrays[ArrayKey.EVIDENCE][rows], mask).values
             frames.append(pd.DataFrame({
                 "cell_id": cell.cell_id, "dataset": cell.dataset, "model": cell.model,
-                "bag": np.arange(len(truth)), "rank_agreement": signals.rank_agreement,
+                "bag": np.flatnonzero(rows), "rank_agreement": signals.rank_agreement,
                 "top_k_overlap": signals.top_k_overlap, "consensus_auroc": truth}))
     finally:
         store.close()
@@ -388,7 +394,7 @@ def _signed_evidence_check(members: pd.DataFrame, study: StudyView | None, rule:
     of the cells (`default` where absent)."""
     rows = members[(members["rule"] == rule) & (members["model"] == model)
                    & members["explainer"].isin(methods)]
-    chosen = {c.cell_id: str(c.spec.get("dataset", {}).get("rule", {}).get(option, default))
+    chosen = {c.cell_id: str(c.rule_options.get(option, default))
               for c in study.done} if study is not None else {}
     column = column or option
     records = []

@@ -17,7 +17,7 @@ import pandas as pd
 from attnsets.errors import SpecError
 from attnsets.metrics.cluster import Estimate, cluster_bootstrap
 from attnsets.report.build import FIGURE_DIR, TABLE_DIR, render_report
-from attnsets.report.collect import StudyView, load_study
+from attnsets.report.collect import StudyView, open_results
 from attnsets.report.findings import (
     agreement_correlations,
     agreement_frame,
@@ -35,6 +35,7 @@ from attnsets.report.findings import (
 )
 from attnsets.report.style import Palette, new_figure, report_style, save_figure
 from attnsets.report.tables import to_markdown
+from attnsets.study.record import CellRecord
 from attnsets.study.results import cost_summary, stage_table, time_by_stage
 
 Progress = Callable[[str], None]
@@ -461,27 +462,20 @@ def _section_quality(study: StudyView, members: pd.DataFrame) -> tuple[list[str]
     return lines, tables
 
 
-def run_facts(directory: Path) -> str:
+def run_facts(records: list[CellRecord]) -> str:
     """One sentence on how the store was produced: summed cell time, first start, last finish
     and the package versions of the cells."""
-    import json
     import time
 
-    from attnsets.study.store import ResultsStore
-
-    store = ResultsStore(directory)
-    try:
-        first, last, total = store.db.execute(
-            "SELECT MIN(started), MAX(finished), SUM(seconds) FROM cells WHERE status = 'done'"
-        ).fetchone()
-        versions = {row[0] for row in store.db.execute(
-            "SELECT DISTINCT versions FROM cells WHERE status = 'done'")}
-    finally:
-        store.close()
-    if first is None:
+    done = [r for r in records if r.done]
+    if not done:
         return ""
+    first = min(r.started for r in done)
+    last = max(r.finished for r in done)
+    total = sum(r.wall_seconds for r in done)
+    distinct = {tuple(sorted(r.versions.items())) for r in done}
+    parsed = [dict(items) for items in sorted(distinct)]
     stamp = "%Y-%m-%d %H:%M UTC"
-    parsed = [json.loads(v) for v in versions]
     shown = "; ".join(", ".join(f"{k} {v}" for k, v in sorted(p.items())) for p in parsed)
     return (f"The cells took {total / 3600:.1f} h of worker time in total; the first started "
             f"{time.strftime(stamp, time.gmtime(first))} and the last finished "
@@ -506,7 +500,7 @@ def write_results_page(results_dir: str | Path, out: str | Path, *,
     tables/) from the study in `results_dir`. Atomic: a failure leaves the old page in place.
     Raises SpecError when the store holds no finished cell."""
     tell = progress or (lambda _message: None)
-    study = load_study(results_dir)
+    study = open_results(results_dir)
     if not study.done:
         raise SpecError("results_dir", str(results_dir), "a study with at least one finished cell")
     page = Path(out)
@@ -585,7 +579,7 @@ def _render(study: StudyView, staging: Path, assets_name: str, command: str,
         f"datasets x {len(study.models)} models, {n_members} trained members, explainers "
         f"{', '.join(study.explainers)}. Do not edit this page by hand: rerun the command. "
         f"The tables behind every number are in [{assets_name}/{TABLE_DIR}]"
-        f"({assets_name}/{TABLE_DIR}/). {run_facts(study.directory)}", "",
+        f"({assets_name}/{TABLE_DIR}/). {run_facts(study.records)}", "",
         f"Thresholds: a member *learned* the task when its bag {criteria.bag_metric} is at least "
         f"{criteria.min_bag_score}; its explanation *reflects the witnesses* when the importance "
         f"{criteria.importance_metric} (per bag, averaged over bags with witnesses and "
@@ -659,7 +653,7 @@ def _render(study: StudyView, staging: Path, assets_name: str, command: str,
         lines += ["## 7. Example bags", ""]
         for name in examples:
             lines += fig(name, name.replace("_", " "))
-    stages, totals = time_by_stage(study.directory)
+    stages, totals = time_by_stage(study.directory, study.records)
     stages.to_csv(assets / TABLE_DIR / "stage_times.csv", index=False)
     lines += _section_cost(stages, totals)
     lines += ["## Limitations", "",

@@ -186,10 +186,10 @@ def missing_notes(study: StudyView) -> list[str]:
         return ["No cells: the store is empty, so there are no tables rows and no figures."]
     notes = []
     for rec in study.failed[:MAX_LISTED_FAILURES]:
-        spec = rec["spec"]
-        notes.append(f"Failed cell: {spec.get('dataset_name')} × {spec.get('model_name')} "
-                     f"replicate {spec.get('replicate')}: "
-                     f"{first_line(rec.get('error')) or 'no error recorded'}")
+        cell = rec.cell
+        notes.append(f"Failed cell: {cell.dataset_name} × {cell.model_name} "
+                     f"replicate {cell.replicate}: "
+                     f"{first_line(rec.error) or 'no error recorded'}")
     if len(study.failed) > MAX_LISTED_FAILURES:
         notes.append(f"... and {len(study.failed) - MAX_LISTED_FAILURES} more failed cells "
                      "(see the cells table).")

@@ -199,17 +199,16 @@ def cells_table(study: StudyView) -> pd.DataFrame:
     for cell in study.done:
         rows.append({"dataset": cell.dataset, "model": cell.model, "replicate": cell.replicate,
                      "status": "done", "members": cell.n_members,
-                     "seconds": float(cell.training.get("seconds", math.nan)),
+                     "seconds": cell.training.seconds if cell.training else math.nan,
                      "not_applicable": "; ".join(f"{m}: {why}" for m, why in
                                                  cell.assessment.not_applicable.items()),
                      "error": "", "cell_id": cell.cell_id})
     for rec in study.failed:
-        spec = rec["spec"]
-        rows.append({"dataset": dataset_label(spec), "model": str(spec.get("model_name")),
-                     "replicate": int(spec.get("replicate", 0)), "status": rec["status"],
-                     "members": len(rec.get("seeds") or []), "seconds": float(rec["seconds"]),
-                     "not_applicable": "", "error": first_line(rec.get("error")),
-                     "cell_id": rec["cell_id"]})
+        rows.append({"dataset": dataset_label(rec.cell), "model": rec.cell.model_name,
+                     "replicate": rec.cell.replicate, "status": rec.status,
+                     "members": len(rec.cell.seeds), "seconds": rec.wall_seconds,
+                     "not_applicable": "", "error": first_line(rec.error),
+                     "cell_id": rec.cell_id})
     frame = pd.DataFrame(rows, columns=CELL_COLUMNS)
     order = {name: i for i, name in enumerate(study.datasets)}
     model_order = {name: i for i, name in enumerate(study.models)}

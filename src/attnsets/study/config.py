@@ -20,7 +20,6 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from attnsets.assess import AssessSpec
 from attnsets.config.preflight import (
@@ -50,6 +49,7 @@ from attnsets.spec.constraints import (
     table_errors,
     validate,
 )
+from attnsets.study.cell import Cell
 from attnsets.training import TrainSpec
 
 STUDY_SECTIONS = ("study", "training", "thresholds", "datasets", "models", "grid")
@@ -106,77 +106,6 @@ class StudyFile:
     @property
     def thresholds(self) -> SilentFailureCriteria:
         return self.assess.criteria
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One unit of work: a dataset (with its replicate seed) x a model, trained as `members` seeds."""
-
-    study: str
-    dataset_name: str
-    model_name: str
-    variant: str
-    replicate: int
-    dataset: dict[str, Any]
-    model: dict[str, Any]
-    training: dict[str, Any]
-    seeds: tuple[int, ...]
-    explainers: tuple[str, ...]
-    ensemble_sizes: tuple[int, ...]
-    combine: str
-    bootstrap: int
-    curve_subsets: int
-    thresholds: dict[str, Any]
-    config_hash: str
-    cell_id: str = field(default="")
-    explainer_options: dict[str, Any] = field(default_factory=dict)
-    evaluated_classes: str = "label"
-    #: Explainer budgets that differ from the defaults ({"bag_budget": 50, ...}): recorded in
-    #: the cell's spec in the store.
-    budgets: dict[str, Any] = field(default_factory=dict)
-    #: The typed run this cell executes, built when the config was validated (not stored: the
-    #: fields above are the cell's identity and its record in the store).
-    run: RunSpec | None = field(default=None, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if not self.cell_id:
-            payload = json.dumps(self.to_dict(with_id=False), sort_keys=True)
-            object.__setattr__(self, "cell_id", hashlib.sha256(payload.encode()).hexdigest()[:16])
-
-    def to_dict(self, with_id: bool = True) -> dict[str, Any]:
-        data = {
-            "study": self.study, "dataset_name": self.dataset_name, "model_name": self.model_name,
-            "variant": self.variant, "replicate": self.replicate, "dataset": self.dataset,
-            "model": self.model, "training": self.training, "seeds": list(self.seeds),
-            "explainers": list(self.explainers), "ensemble_sizes": list(self.ensemble_sizes),
-            "combine": self.combine, "bootstrap": self.bootstrap,
-            "curve_subsets": self.curve_subsets, "thresholds": self.thresholds,
-        }
-        # Absent at their defaults, so the ids of cells written before they existed stay the same.
-        if self.explainer_options:
-            data["explainer_options"] = self.explainer_options
-        if self.evaluated_classes != "label":
-            data["evaluated_classes"] = self.evaluated_classes
-        data.update(self.budgets)
-        if with_id:  # the id depends on what the cell computes, not on the rest of the file
-            data["cell_id"] = self.cell_id
-            data["config_hash"] = self.config_hash
-        return data
-
-    @staticmethod
-    def from_dict(data: dict[str, Any]) -> Cell:
-        data = dict(data)
-        for key in ("seeds", "explainers", "ensemble_sizes"):
-            data[key] = tuple(data[key])
-        data.setdefault("config_hash", "")
-        data["budgets"] = {k: data.pop(k) for k in ("bag_budget", "random_orders") if k in data}
-        return Cell(**data)
-
-    @property
-    def run_spec(self) -> RunSpec:
-        if self.run is None:
-            raise SpecError("cell.run", None, "a cell expanded from a validated study config")
-        return self.run
 
 
 @dataclass
@@ -325,28 +254,17 @@ def _variant_cells(file: StudyFile, plans: Sequence[_DatasetPlan],
     study, assess_spec = file.study, file.assess
     cells = []
     for plan in plans:
-        entry, spec, extra, dataset_training = plan.entry, plan.spec, plan.overrides, plan.training
+        entry, spec, dataset_training = plan.entry, plan.spec, plan.training
         assert spec is not None and dataset_training is not None
         for model_entry, model in zip(file.models, models, strict=True):
             assert model is not None
             for replicate in study.seeds:
-                dataset_table = {**_dataset_table(entry), "seed": replicate}
                 seeds = member_seeds(replicate, study.members)
                 run = RunSpec(dataclasses.replace(spec, seed=replicate), model, dataset_training,
                               seeds, dataclasses.replace(assess_spec, seed=replicate))
-                cells.append(Cell(
-                    study=study.name, dataset_name=entry["name"], model_name=model_entry["name"],
-                    variant=variant, replicate=replicate, dataset=dataset_table,
-                    model={k: v for k, v in model_entry.items() if k != "name"},
-                    training={**file.training, **extra}, seeds=seeds,
-                    explainers=tuple(assess_spec.explainers),
-                    ensemble_sizes=tuple(assess_spec.ensemble_sizes or range(1, study.members + 1)),
-                    combine=assess_spec.combine, bootstrap=assess_spec.bootstrap,
-                    curve_subsets=assess_spec.curve_subsets, thresholds=dataclasses.asdict(file.thresholds),
-                    config_hash=config_hash, explainer_options=dict(assess_spec.explainer_options),
-                    evaluated_classes=assess_spec.evaluated_classes,
-                    budgets=_budgets(assess_spec),
-                    run=run))
+                cells.append(Cell(study=study.name, dataset_name=entry["name"],
+                                  model_name=model_entry["name"], variant=variant,
+                                  replicate=replicate, run=run))
     return cells
 
 
@@ -373,13 +291,6 @@ def _training_overrides(log: ErrorCollector, entry: Table, index: int) -> Table:
                               "no device here: set [study] device (see training.device)")])
         return {}
     return _table(extra)
-
-
-def _budgets(assess: AssessSpec) -> Table:
-    """The budget settings that differ from their defaults (a cell's id stays the same when
-    none is set)."""
-    return {k: getattr(assess, k) for k in ("bag_budget", "random_orders")
-            if getattr(assess, k) != AssessSpec.__dataclass_fields__[k].default}
 
 
 def _model_field(index: int, field: str) -> str:

@@ -16,21 +16,22 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from attnsets.errors import SpecError
-from attnsets.study.store import CellRecord
+from attnsets.study.cell import Cell
+from attnsets.study.record import CellRecord, Status
 
 EXECUTORS = ("local", "ray")
-CellFn = Callable[[Any], CellRecord]
+CellFn = Callable[[Cell], CellRecord]
 
 
-def failed_record(cell: Any, error: BaseException, started: float) -> CellRecord:
+def failed_record(cell: Cell, error: BaseException, started: float) -> CellRecord:
     """A record saying the cell failed, with the error and its traceback."""
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-    return CellRecord(cell_id=cell.cell_id, study=cell.study, status="failed", spec=cell.to_dict(),
-                      error=f"{type(error).__name__}: {error}\n{text}", seeds=list(cell.seeds),
-                      config_hash=cell.config_hash, started=started, finished=time.time())
+    return CellRecord(cell=cell, status=Status.FAILED,
+                      error=f"{type(error).__name__}: {error}\n{text}", started=started,
+                      finished=time.time())
 
 
-def guarded(run_cell: CellFn, cell: Any, threads: int) -> CellRecord:
+def guarded(run_cell: CellFn, cell: Cell, threads: int) -> CellRecord:
     """Run one cell; any exception (bad data, NaN loss, a user plugin) becomes a failed record."""
     import torch
 
@@ -94,7 +95,7 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
-def run_cells(cells: Sequence[Any], run_cell: CellFn, *, workers: int = 1,
+def run_cells(cells: Sequence[Cell], run_cell: CellFn, *, workers: int = 1,
               executor: str = "local", address: str | None = None,
               device: str = "cpu") -> Iterator[CellRecord]:
     """Yield one record per cell, in completion order; cells start in the order given (the
@@ -137,19 +138,19 @@ def _visible_gpus() -> int:
     return int(torch.cuda.device_count())
 
 
-def _run_pool(cells: Sequence[Any], run_cell: CellFn, workers: int, threads: int,
+def _run_pool(cells: Sequence[Cell], run_cell: CellFn, workers: int, threads: int,
               gpus: list[int] | None = None) -> Iterator[CellRecord]:
     """Local worker processes with at most `workers` cells in flight. A worker killed by the OS
     (e.g. out of memory) breaks the pool; only the cells in flight then are suspects: the others
     go on in a fresh pool, and each suspect is rerun alone at the end (with the machine to
     itself), so an innocent neighbour completes and the culprit is recorded as failed."""
     queue = deque(cells)
-    suspects: deque[Any] = deque()
+    suspects: deque[Cell] = deque()
     while queue:
         yield from _pool_pass(queue, suspects, run_cell, workers, threads, gpus)
     for cell in suspects:
-        alone: deque[Any] = deque([cell])
-        again: deque[Any] = deque()
+        alone: deque[Cell] = deque([cell])
+        again: deque[Cell] = deque()
         yield from _pool_pass(alone, again, run_cell, 1, threads, gpus[:1] if gpus else None)
         for culprit in again:
             reason = RuntimeError("the worker process running this cell died, also when it ran "
@@ -157,7 +158,7 @@ def _run_pool(cells: Sequence[Any], run_cell: CellFn, workers: int, threads: int
             yield failed_record(culprit, reason, time.time())
 
 
-def _pool_pass(queue: deque[Any], suspects: deque[Any], run_cell: CellFn, workers: int,
+def _pool_pass(queue: deque[Cell], suspects: deque[Cell], run_cell: CellFn, workers: int,
                threads: int, gpus: list[int] | None = None) -> Iterator[CellRecord]:
     """Run cells from `queue` until it is empty or the pool breaks; cells in flight when it
     breaks are appended to `suspects`. gpus: one GPU index per worker, or None."""
@@ -169,7 +170,7 @@ def _pool_pass(queue: deque[Any], suspects: deque[Any], run_cell: CellFn, worker
             gpu_queue.put(index)
     with futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start,
                                      initargs=(gpu_queue,)) as pool:
-        running: dict[futures.Future[CellRecord], Any] = {}
+        running: dict[futures.Future[CellRecord], Cell] = {}
         while queue or running:
             while queue and len(running) < workers:
                 cell = queue.popleft()
@@ -190,7 +191,7 @@ def _pool_pass(queue: deque[Any], suspects: deque[Any], run_cell: CellFn, worker
                 return
 
 
-def _run_ray(cells: Sequence[Any], run_cell: CellFn, workers: int, threads: int,
+def _run_ray(cells: Sequence[Cell], run_cell: CellFn, workers: int, threads: int,
              address: str | None, cuda: bool = False) -> Iterator[CellRecord]:
     try:
         import ray

@@ -5,56 +5,67 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
+from attnsets.assessment import Stage
+from attnsets.study.record import CellRecord
 from attnsets.study.store import ResultsStore
 from attnsets.tables import check_table_path, write_table
 
 
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(data: Mapping[str, object], prefix: str = "") -> dict[str, object]:
     """{"a": {"b": 1}} -> {"a.b": 1}; lists of scalars are kept as they are."""
-    out: dict[str, Any] = {}
+    out: dict[str, object] = {}
     for key, value in data.items():
         name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict):
+        if isinstance(value, Mapping):
             out.update(flatten(value, name))
         else:
             out[name] = value
     return out
 
 
-def results_frame(directory: str | Path, *, include_members: bool = False) -> pd.DataFrame:
-    """One row per cell of the store in `directory`: identity columns, status, timings and every
-    metric under `metrics` flattened (`ensemble.attention.auroc_per_bag`, ...). Per-member metrics
-    (lists) are left out unless `include_members`."""
-    store = ResultsStore(directory)
-    try:
-        rows = []
-        for rec in store.records():
-            spec = rec["spec"]
-            row: dict[str, Any] = {
-                "cell_id": rec["cell_id"], "study": rec["study"],
-                "dataset": spec.get("dataset_name"), "model": spec.get("model_name"),
-                "variant": spec.get("variant", ""), "replicate": spec.get("replicate"),
-                "pool": spec.get("dataset", {}).get("pool", {}).get("name"),
-                "rule": spec.get("dataset", {}).get("rule", {}).get("name"),
-                "pooling": spec.get("model", {}).get("pooling"),
-                "members": len(rec["seeds"]), "status": rec["status"],
-                "seconds": rec["seconds"], "error": (rec["error"] or "").splitlines()[0]
-                if rec["error"] else "",
-                "torch": rec["versions"].get("torch"), "attnsets": rec["versions"].get("attnsets"),
-                "config_hash": rec["config_hash"],
-            }
-            for key, value in flatten(rec["metrics"]).items():
-                if isinstance(value, list) and not include_members:
-                    continue
-                row[key] = value
-            rows.append(row)
-    finally:
-        store.close()
-    frame = pd.DataFrame(rows)
+def record_row(record: CellRecord, include_members: bool = False) -> dict[str, object]:
+    """One row of the results table: the cell's identity, status and timings, then every
+    number of its assessment flattened (`ensemble.attention.auroc`, `headline.<method>.<metric>`),
+    its stage timings (`stage_seconds.explain/attention`, ...) and its training
+    (`training.seconds`, ...). `wall_seconds` is the cell's wall time."""
+    cell = record.cell
+    error = record.error or ""
+    row: dict[str, object] = {
+        "cell_id": record.cell_id, "study": record.study, "dataset": cell.dataset_name,
+        "model": cell.model_name, "variant": cell.variant, "replicate": cell.replicate,
+        "pool": cell.pool, "rule": cell.rule, "pooling": cell.pooling,
+        "members": len(cell.seeds), "status": record.status,
+        "wall_seconds": record.wall_seconds, "error": error.splitlines()[0] if error else "",
+        "torch": record.versions.get("torch"), "attnsets": record.versions.get("attnsets"),
+        "config_hash": record.config_hash, "generate_seconds": record.generate_seconds,
+    }
+    numbers: dict[str, object] = {}
+    if record.assessment is not None:
+        numbers.update(record.assessment.to_dict())
+        numbers["stage_seconds"] = dict(record.assessment.stage_seconds)
+    if record.training is not None:
+        numbers["training"] = record.training.to_dict()
+    for key, value in flatten(numbers).items():
+        if isinstance(value, list) and not include_members:
+            continue
+        row[key] = value
+    return row
+
+
+def results_frame(directory: str | Path, *, include_members: bool = False,
+                  records: list[CellRecord] | None = None) -> pd.DataFrame:
+    """One row per cell of the store in `directory` (or of `records`, already read): see
+    `record_row`. Per-member metrics (lists) are left out unless `include_members`."""
+    if records is None:
+        store = ResultsStore(directory)
+        try:
+            records = store.records()
+        finally:
+            store.close()
+    frame = pd.DataFrame([record_row(r, include_members) for r in records])
     return frame.replace({None: math.nan}) if len(frame) else frame
 
 
@@ -64,29 +75,36 @@ def export_results(directory: str | Path, path: str | Path) -> Path:
     return write_table(results_frame(directory), path, "export")
 
 
-def stage_seconds(metrics: Mapping[str, Any], cell_seconds: float) -> dict[str, float]:
+def stage_seconds(record: CellRecord) -> dict[str, float]:
     """Worker seconds of one cell per stage family: ``generate``, ``training``, ``predict``,
     ``explain: <method>`` (for the bag's label and, with evaluated_classes "all", every class),
     ``deletion curves`` (ranked and random orders), ``metrics`` (importance reports, bootstraps,
-    ensemble-size curves), ``unit test``, and ``other`` (the rest of `cell_seconds`). A record
-    written before the assessment's stages were timed has one ``assessment`` entry instead."""
+    ensemble-size curves), ``unit test``, and ``other`` (the rest of the cell's wall time). A
+    record written before the assessment's stages were timed has one ``assessment`` entry
+    instead."""
     out: dict[str, float] = {}
 
     def add(name: str, value: float) -> None:
         out[name] = out.get(name, 0.0) + float(value)
 
-    add("generate", metrics.get("generate_seconds", 0.0))
-    add("training", metrics.get("training", {}).get("seconds", 0.0))
-    timed = metrics.get("seconds", {})
+    add(FAMILY_NAMES[Stage.GENERATE], record.generate_seconds)
+    add("training", record.training.seconds if record.training is not None else 0.0)
+    timed = {k: v for k, v in record.stage_seconds.items() if k != Stage.GENERATE}
     for stage, value in timed.items():
-        kind, _, method = stage.partition("/")
-        if kind in ("explain", "explain_all_classes"):
+        kind, method = Stage.split(stage)
+        if kind in (Stage.EXPLAIN, Stage.EXPLAIN_ALL_CLASSES):
             add(f"explain: {method}", value)
         else:
-            add({"deletion": "deletion curves", "unit_test": "unit test"}.get(kind, kind), value)
-    rest = cell_seconds - sum(out.values())
+            add(FAMILY_NAMES.get(kind, kind), value)
+    rest = record.wall_seconds - sum(out.values())
     add("other" if timed else "assessment", max(rest, 0.0))
     return {k: v for k, v in out.items() if v > 0}
+
+
+#: Display names of the stage families (attnsets.assessment.Stage kinds).
+FAMILY_NAMES = {Stage.GENERATE: "generate", Stage.DELETION: "deletion curves",
+                Stage.UNIT_TEST: "unit test", Stage.METRICS: "metrics",
+                Stage.PREDICT: "predict"}
 
 
 def busy_seconds(intervals: list[tuple[float, float]]) -> float:
@@ -100,28 +118,32 @@ def busy_seconds(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def time_by_stage(directory: str | Path) -> tuple[pd.DataFrame, dict[str, float]]:
+def time_by_stage(directory: str | Path, records: list[CellRecord] | None = None
+                  ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Where a study's worker time went: one row per stage family (seconds, share, cells that
-    have it), largest first; and the totals ``cells``, ``worker_seconds``, ``busy_seconds``."""
-    store = ResultsStore(directory)
-    try:
-        records = [r for r in store.records() if r["status"] == "done"]
-    finally:
-        store.close()
+    have it), largest first; and the totals ``cells``, ``worker_seconds``, ``busy_seconds``.
+    records: the store's records, already read (else they are read from `directory`)."""
+    if records is None:
+        store = ResultsStore(directory)
+        try:
+            records = store.done()
+        finally:
+            store.close()
+    records = [r for r in records if r.done]
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
     for rec in records:
-        for stage, value in stage_seconds(rec["metrics"], rec["seconds"]).items():
+        for stage, value in stage_seconds(rec).items():
             sums[stage] = sums.get(stage, 0.0) + value
             counts[stage] = counts.get(stage, 0) + 1
-    worker = float(sum(r["seconds"] for r in records))
+    worker = float(sum(r.wall_seconds for r in records))
     frame = pd.DataFrame([{"stage": k, "seconds": v, "share": v / worker if worker else math.nan,
                            "cells": counts[k]} for k, v in sums.items()],
                          columns=["stage", "seconds", "share", "cells"])
     frame = frame.sort_values("seconds", ascending=False, ignore_index=True)
     totals = {"cells": float(len(records)), "worker_seconds": worker,
-              "busy_seconds": busy_seconds([(r["started"], r["finished"]) for r in records
-                                            if r["started"] and r["finished"]])}
+              "busy_seconds": busy_seconds([(r.started, r.finished) for r in records
+                                            if r.started and r.finished])}
     return frame, totals
 
 

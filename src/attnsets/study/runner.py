@@ -16,16 +16,21 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from attnsets.study.config import Cell, StudyConfig, study_cells
 from attnsets.study.executor import CellFn, run_cells
-from attnsets.study.store import CellRecord, ResultsStore
+from attnsets.study.record import CellRecord
+from attnsets.study.store import ResultsStore
+
+if TYPE_CHECKING:
+    from attnsets.data.spec import SizeSpec
+    from attnsets.run import RunSpec
 
 LOG_NAME = "study.log"
 CONFIG_NAME = "config.json"
@@ -84,70 +89,79 @@ CHEAP_HEAD = 0.25
 ENCODER_COST = {"vector": 1.0, "image": 11.0, "sequence": 11.0}
 
 
-def _mean_bag_size(bag_size: Mapping[str, Any]) -> float:
-    from attnsets.data.spec import SizeSpec
-
-    size = SizeSpec(**dict(bag_size))
+def _mean_bag_size(size: SizeSpec) -> float:
     if size.kind == "uniform":
         return (size.low + size.high) / 2
     return max(float(size.mean), float(size.min))
 
 
-def estimated_cost(spec: Mapping[str, Any]) -> float:
-    """Relative cost of a cell from its stored spec (Cell.to_dict()): training (members x epochs
-    x bags x passes over a bag) plus assessment (members x test bags x each explainer's passes,
-    deletion curves included: 11 head passes per explainer and 10 random orders per member).
-    Units are arbitrary; only the order matters, and measured timings rescale it (schedule)."""
+def _pass_costs(run: RunSpec) -> tuple[float, float, float]:
+    """(mean bag size n, cost of a full pass over a bag, cost of a head-only pass)."""
     from attnsets.data.pools import POOLS
-    from attnsets.training import TrainSpec
 
-    dataset = spec["dataset"]
-    bags = {"train": 200, "val": 100, "test": 100, **dict(dataset.get("bags") or {})}
-    n = _mean_bag_size(dataset.get("bag_size") or {})  # {}: SizeSpec's defaults, as DatasetSpec
-    self_attention = spec["model"].get("pooling") in SELF_ATTENTION
-    pool = str((dataset.get("pool") or {}).get("name", ""))
+    dataset = run.dataset
+    assert dataset is not None  # a study cell always generates its data
+    n = _mean_bag_size(dataset.bag_size)
+    self_attention = run.model_name in SELF_ATTENTION
+    pool = dataset.pool.name
     encoder = ENCODER_COST.get(str(getattr(POOLS.get(pool), "kind", "vector"))
                                if pool in POOLS else "vector", 1.0)
     # A full pass encodes every instance, then pools them (pairwise on self-attention).
     full = n * (encoder + n / SELF_ATTENTION_WIDTH) if self_attention else n * encoder
     head = n * (1 + n / SELF_ATTENTION_WIDTH) if self_attention else CHEAP_HEAD * n
-    members = len(spec["seeds"])
-    epochs = int((spec.get("training") or {}).get("epochs", TrainSpec().epochs))
-    train = members * epochs * (bags["train"] + bags["val"]) * 3 * full
+    return n, full, head
+
+
+def training_cost(run: RunSpec) -> float:
+    """Members x epochs x (train + val bags) x 3 full passes (forward + backward)."""
+    assert run.dataset is not None
+    _, full, _ = _pass_costs(run)
+    bags = run.dataset.bags
+    return float(run.n_members * run.training.epochs * (bags["train"] + bags["val"]) * 3 * full)
+
+
+def assessment_cost(run: RunSpec) -> float:
+    """Members x test bags x each explainer's passes, deletion curves included (11 head passes
+    per explainer and 10 random orders per member)."""
+    assert run.dataset is not None
+    n, full, head = _pass_costs(run)
     steps = 11  # deletion_steps + 1 head passes per curve
     per_bag = 10 * steps * head  # the random-order deletion curves, once per member
-    for name in spec["explainers"]:
+    for name in run.assess.explainers if run.assess is not None else ():
         per_bag += steps * head
         if name in HEAD_PASSES:
             per_bag += HEAD_PASSES[name](n) * head
         else:
             per_bag += FULL_PASSES.get(name, 1.0) * full
-    return float(train + members * bags["test"] * per_bag)
+    return float(run.n_members * run.dataset.bags["test"] * per_bag)
 
 
-def schedule(cells: Sequence[Cell], finished: Iterable[Mapping[str, Any]] = ()) -> list[Cell]:
-    """`cells` in decreasing estimated cost (ties keep their order). finished: store records
-    of done cells (spec, seconds); their seconds / estimate, per pooling (else over all of
-    them), rescales the estimates, so a resumed study orders by what cells really took."""
+def estimated_cost(run: RunSpec) -> float:
+    """Relative cost of a cell's run: training_cost + assessment_cost, read off the typed run.
+    Units are arbitrary; only the order matters, and measured timings rescale it (schedule)."""
+    return training_cost(run) + assessment_cost(run)
+
+
+def schedule(cells: Sequence[Cell], finished: Iterable[CellRecord] = ()) -> list[Cell]:
+    """`cells` in decreasing estimated cost (ties keep their order). finished: records of done
+    cells; their wall seconds / estimate, per pooling (else over all of them), rescales the
+    estimates, so a resumed study orders by what cells really took."""
     ratios: dict[str, list[float]] = {}
     for record in finished:
-        cost = estimated_cost(record["spec"])
-        if record.get("seconds") and cost > 0:
-            pooling = str(record["spec"]["model"].get("pooling"))
-            ratios.setdefault(pooling, []).append(float(record["seconds"]) / cost)
+        cost = estimated_cost(record.cell.run)
+        if record.wall_seconds > 0 and cost > 0:
+            ratios.setdefault(record.cell.pooling, []).append(record.wall_seconds / cost)
     overall = statistics.median([r for rs in ratios.values() for r in rs]) if ratios else 1.0
     scale = {pooling: statistics.median(rs) for pooling, rs in ratios.items()}
 
     def cost(cell: Cell) -> float:
-        spec = cell.to_dict(with_id=False)
-        return estimated_cost(spec) * scale.get(str(spec["model"].get("pooling")), overall)
+        return estimated_cost(cell.run) * scale.get(cell.pooling, overall)
 
     return sorted(cells, key=cost, reverse=True)
 
 
 def cell_label(cell: Cell) -> str:
-    variant = f" [{cell.variant}]" if cell.variant else ""
-    return f"{cell.dataset_name} x {cell.model_name} seed {cell.replicate}{variant}"
+    return cell.label
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
@@ -180,14 +194,14 @@ def run_study(config: StudyConfig, out: str | Path, *, workers: int = 1, executo
     run_cell = run_cell or evaluate_cell
     out = Path(out)
     cells = [c for c in study_cells(config) if only is None or only(c)]
-    with ResultsStore.open_for_run(out) as store:
+    with ResultsStore.open_for_run(out, study=config.name) as store:
         existing = store.cell_ids()
         if existing and not resume:
             raise StudyExistsError(
                 f"{out} already holds {len(existing)} result(s); pass --resume to finish the "
                 "missing cells, or choose another --out")
         done = store.cell_ids("done")
-        finished = [r for r in store.records() if r["status"] == "done"] if done else []
+        finished = store.done() if done else []
         todo = schedule([c for c in cells if c.cell_id not in done], finished)
         summary = StudySummary(total=len(cells), skipped=len(cells) - len(todo))
         _write_json_atomic(out / CONFIG_NAME, config.raw)
@@ -211,7 +225,7 @@ def run_study(config: StudyConfig, out: str | Path, *, workers: int = 1, executo
                 store.write(record)
                 if record.status == "done":
                     summary.done += 1
-                    log.info("done %s (%.1fs)", labels[record.cell_id], record.seconds)
+                    log.info("done %s (%.1fs)", labels[record.cell_id], record.wall_seconds)
                 else:
                     summary.failed += 1
                     first = (record.error or "").splitlines()[0] if record.error else "unknown"

@@ -69,7 +69,8 @@ class TrainSpec:
     #: inf checks only for NaN / inf losses.
     divergence_threshold: float = constrained(Interval(float, 0, closed="neither"), default=1e4)
     eval_batch_size: int = constrained(Interval(int, 1), default=256)
-    device: str = "auto"
+    #: Not part of a run's identity (attnsets.spec): the same run on a CPU and a GPU.
+    device: str = field(default="auto", metadata={"identity": False})
     ensemble: str = constrained(Options(ENSEMBLE_STRATEGIES), default="auto")
 
     def __post_init__(self) -> None:
