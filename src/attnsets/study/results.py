@@ -101,13 +101,19 @@ def busy_seconds(intervals: list[tuple[float, float]]) -> float:
 
 
 def time_by_stage(directory: str | Path) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Where a study's worker time went: one row per stage family (seconds, share, cells that
-    have it), largest first; and the totals ``cells``, ``worker_seconds``, ``busy_seconds``."""
+    """`stage_times` of the finished cells of the store in `directory`."""
     store = ResultsStore(directory)
     try:
         records = [r for r in store.records() if r["status"] == "done"]
     finally:
         store.close()
+    return stage_times(records)
+
+
+def stage_times(records: list[dict[str, Any]]) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Where a study's worker time went, from its finished records: one row per stage family
+    (seconds, share, cells that have it), largest first; and the totals ``cells``,
+    ``worker_seconds``, ``busy_seconds``."""
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
     for rec in records:
