@@ -29,7 +29,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from attnsets.assessment import Assessment
 from attnsets.errors import SpecError
+from attnsets.labels import cell_label
 from attnsets.study.results import flatten
 from attnsets.study.store import CellRecord, dumps
 
@@ -61,9 +63,11 @@ def _params(spec: Mapping[str, Any]) -> list[Param]:
 
 
 def headline_metrics(record: CellRecord) -> dict[str, float]:
-    """The finite scalar metrics under ``headline`` (flattened, prefixed ``headline.``) and the
-    cell's seconds."""
-    metrics = {f"headline.{k}": v for k, v in flatten(record.metrics.get("headline", {})).items()}
+    """The cell's headline (`Assessment.headline`, i.e. attnsets.headline per explainer, for
+    the cell's importance metric) prefixed ``headline.``, and its seconds; finite values only.
+    A failed cell has no assessment: seconds only."""
+    values = Assessment.from_dict(record.metrics).headline() if record.status == "done" else {}
+    metrics: dict[str, object] = {f"headline.{k}": v for k, v in values.items()}
     metrics["seconds"] = record.seconds
     return {k: float(v) for k, v in metrics.items()
             if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
@@ -103,9 +107,8 @@ class MlflowTracker:
     def __call__(self, record: CellRecord) -> None:
         """Log one finished (or failed) cell as a child run of the study run."""
         spec = record.spec
-        label = f"{spec.get('dataset_name')} x {spec.get('model_name')} seed " \
-                f"{spec.get('replicate')}" + (f" [{spec['variant']}]" if spec.get("variant")
-                                             else "")
+        label = cell_label(str(spec.get("dataset_name")), str(spec.get("model_name")),
+                           spec.get("replicate"), spec.get("variant") or "")
         run = self.client.create_run(self.experiment_id, run_name=label, tags={
             "mlflow.parentRunId": self.parent_id, "attnsets.kind": "cell",
             "attnsets.cell_id": record.cell_id, "attnsets.status": record.status})
@@ -130,10 +133,10 @@ class MlflowTracker:
         if out is not None:
             out = Path(out)
             if (out / "results.sqlite").is_file():
-                from attnsets.study.headline import headline_table
-                from attnsets.study.results import results_frame
+                from attnsets.report.collect import load_study
+                from attnsets.report.tables import headline_table
 
-                table = headline_table(results_frame(out))
+                table = headline_table(load_study(out))
                 self.client.log_text(self.parent_id, table.to_csv(index=False), "headline.csv")
             report = out / "report"
             if (report / "report.html").is_file():

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from attnsets.assessment import Assessment
 from attnsets.errors import SpecError
+from attnsets.labels import cell_label
 from attnsets.metrics import SilentFailureCriteria
 from attnsets.study.store import STORE_NAME, ResultsStore
 
@@ -94,8 +94,7 @@ def pool_kind(pool_name: str | None) -> str:
 
 def dataset_label(spec: dict[str, Any]) -> str:
     name = str(spec.get("dataset_name") or spec.get("dataset", {}).get("rule", {}).get("name", "?"))
-    variant = spec.get("variant") or ""
-    return f"{name} [{variant}]" if variant else name
+    return cell_label(name, variant=spec.get("variant") or "")
 
 
 def _ordered(found: list[str], preferred: list[str]) -> list[str]:
@@ -205,9 +204,3 @@ def load_study(results_dir: str | Path) -> StudyView:
                      models=models, explainers=explainers, method=choose_method(done, explainers),
                      members=members, config=config)
 
-
-def nanmean(values: list[float] | np.ndarray) -> float:
-    """Mean ignoring NaN; NaN (no warning) when nothing is defined."""
-    arr = np.asarray(values, dtype=np.float64)
-    arr = arr[~np.isnan(arr)]
-    return float(arr.mean()) if arr.size else math.nan

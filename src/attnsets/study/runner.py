@@ -23,6 +23,7 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from attnsets import labels
 from attnsets.study.config import Cell, StudyConfig, study_cells
 from attnsets.study.executor import CellFn, run_cells
 from attnsets.study.store import CellRecord, ResultsStore
@@ -146,8 +147,8 @@ def schedule(cells: Sequence[Cell], finished: Iterable[Mapping[str, Any]] = ()) 
 
 
 def cell_label(cell: Cell) -> str:
-    variant = f" [{cell.variant}]" if cell.variant else ""
-    return f"{cell.dataset_name} x {cell.model_name} seed {cell.replicate}{variant}"
+    """"dataset x model seed r [variant]" (attnsets.labels)."""
+    return labels.cell_label(cell.dataset_name, cell.model_name, cell.replicate, cell.variant)
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
