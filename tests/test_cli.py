@@ -117,3 +117,55 @@ def test_explain_data_command_writes_instance_and_bag_tables(tmp_path: Path) -> 
     missing = CliRunner().invoke(app, ["explain-data", str(table), "--bag-column", "sample",
                                        "--label-column", "y"])
     assert missing.exit_code == 2 and "bag_column" in missing.output
+
+
+def test_run_headline_reports_the_chosen_importance_metric(tmp_path: Path) -> None:
+    """Regression: with importance_metric = "auprc2" the headline printed "—" for attention,
+    ensemble and gain (it looked the numbers up under the AUROC names)."""
+    import re
+
+    from attnsets.report.collect import load_study
+    from study_toml import write_study_toml
+
+    raw = {"study": {"name": "metric", "seeds": [0], "members": 2, "explainers": ["attention"],
+                     "bootstrap": 0, "curve_subsets": 2},
+           "training": {"epochs": 2, "batch_size": 16},
+           "thresholds": {"importance_metric": "auprc2"},
+           "datasets": [{"name": "pn", "pool": {"name": "gaussian", "dim": 4, "num_concepts": 4,
+                                                 "separation": 6.0},
+                         "rule": {"name": "pos_neg", "positive": [1], "negative": [2]},
+                         "bag_size": {"kind": "normal", "mean": 8, "sd": 1, "min": 5},
+                         "bags": {"train": 32, "val": 16, "test": 16}}],
+           "models": [{"name": "abmil", "pooling": "attention", "embed_dim": 8}]}
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(write_study_toml(raw, tmp_path / "s.toml")),
+                                 "--out", str(out)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "attention AUPRC2" in result.output and "ensemble AUPRC2" in result.output
+    stored = load_study(out).done[0].assessment.headline()
+    line = next(x for x in result.output.splitlines() if "abmil" in x)
+    numbers = re.findall(r"[+-]?\d+\.\d{3}", line)
+    assert "—" not in line
+    assert numbers[1:] == [f"{stored['attention.auprc2']:.3f}",
+                           f"{stored['attention.silent_rate']:.3f}",
+                           f"{stored['attention.ensemble_auprc2']:.3f}",
+                           f"{stored['attention.ensemble_gain']:+.3f}"]
+
+
+def test_audit_table_prints_the_chosen_importance_metric(capsys) -> None:  # type: ignore[no-untyped-def]
+    """Regression: the audit table read `attention_auroc` whatever the metric (KeyError)."""
+    from types import SimpleNamespace
+
+    from attnsets.cli import print_audit
+    from attnsets.metrics import SilentFailureCriteria
+
+    row = {"entry": "e", "learns_task": True, "learn_score": 0.9,
+           "attention_finds_witnesses": True, "attention_auprc2": 0.812,
+           "no_silent_failures": True, "silent_members": 0, "members_trained": 2,
+           "passes_unit_test": None, "respects_padding": True, "passed": True, "notes": ""}
+    result = SimpleNamespace(model="m", seconds=1.0, table=pd.DataFrame([row]), passed=True,
+                             criteria=SilentFailureCriteria(importance_metric="auprc2"),
+                             verdict="pass")
+    print_audit(result)
+    printed = capsys.readouterr().out
+    assert "AUPRC2" in printed and "0.812" in printed

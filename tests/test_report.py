@@ -577,7 +577,7 @@ def test_a_crash_leaves_the_previous_report_untouched(partial_dir: Path, partial
     def broken(*_args, **_kwargs):  # type: ignore[no-untyped-def]
         raise RuntimeError("disk full while drawing")
 
-    monkeypatch.setattr("attnsets.report.build.distribution_figure", broken)
+    monkeypatch.setattr("attnsets.report.assets.distribution_figure", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         write_report(partial_dir, out)
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}

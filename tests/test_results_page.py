@@ -149,17 +149,20 @@ def test_ensembling_and_unit_test_tables(study_dir: Path) -> None:
 
 
 def test_unit_test_notes_explain_a_flagged_count_free_pooling() -> None:
-    from attnsets.report.results_page import _unit_test_notes
+    from attnsets.report.claims import unit_test_notes
 
     def units(max_flagged: float) -> pd.DataFrame:
         return pd.DataFrame([{"rule": "false_frequency", "model": "max", "flagged": max_flagged},
                              {"rule": "false_frequency", "model": "attention", "flagged": 1.0},
                              {"rule": "poison", "model": "instance_max", "flagged": 1.0}])
 
-    flagged = " ".join(_unit_test_notes(units(0.6)))
+    poolings = {"max": "max", "attention": "attention", "instance_max": "instance_max"}
+    flagged = " ".join(unit_test_notes(units(0.6), poolings))
     assert "tests/test_oracles.py" in flagged and "`max` cannot count" in flagged
     assert "instance_max" not in flagged  # flagged on poison only: not a counting question
-    passed = " ".join(_unit_test_notes(units(0.2)))
+    passed = " ".join(unit_test_notes(units(0.2), poolings))
+    renamed = " ".join(unit_test_notes(units(0.6), {"max": "attention"}))  # by pooling, not name
+    assert "cannot count" not in renamed
     assert "tests/test_oracles.py" in passed and "cannot count" not in passed
 
 
@@ -203,12 +206,12 @@ def test_a_failure_leaves_the_old_page(study_dir: Path, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "results.md"
     out.write_text("old page")
-    import attnsets.report.results_page as results_page
+    import attnsets.report.markdown as markdown
 
     def broken(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(results_page, "agreement_frame", broken)
+    monkeypatch.setattr(markdown, "agreement_frame", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         write_results_page(study_dir, out)
     assert out.read_text() == "old page"
@@ -235,7 +238,7 @@ def test_cli_writes_the_page(study_dir: Path, tmp_path: Path) -> None:
 def test_a_claim_whose_precondition_fails_is_inconclusive() -> None:
     """xMIL's Pos-Neg claim is about models with bag AUROC >= 0.9; the margin to random is
     relative to the random baseline (share of the room between random and perfect)."""
-    from attnsets.report.results_page import above_random, claims_table
+    from attnsets.report.claims import above_random, claims_table
 
     def pos_neg(bag_auroc: float, attention: float, random: float) -> pd.DataFrame:
         rows = [{"dataset": "pn", "explainer": m, "members": 5, "construction": "xmil",
@@ -298,7 +301,7 @@ def _four_bags(values: dict[str, tuple[float, float, float]], learned_share: flo
 
 
 def _milli_verdicts(four_bags: pd.DataFrame) -> pd.DataFrame:
-    from attnsets.report.results_page import claims_table
+    from attnsets.report.claims import claims_table
 
     empty = pd.DataFrame()
     members = pd.DataFrame(columns=["explainer", "rule", "modality", "model", "silent",
@@ -374,8 +377,9 @@ def test_four_bags_check_reads_the_convention_and_the_classes() -> None:
     rows.append({**rows[0], "model": "gated"})  # another model: left out
     members = pd.DataFrame(rows)
     options = {"evidence_convention": "milli"}
-    study = SimpleNamespace(done=[SimpleNamespace(cell_id=c, rule_options=options)
-                                  for c in ("c0", "c1")])
+    study = SimpleNamespace(done=[SimpleNamespace(  # the attention MIL model is found by pooling
+        cell_id=c, rule_options=options, model="attention",
+        cell=SimpleNamespace(pooling="attention")) for c in ("c0", "c1")])
     table = four_bags_check(members, study)  # type: ignore[arg-type]
     assert list(table["explainer"]) == ["attention", "single"]  # integrated_gradients not asked
     row = table.iloc[0]
@@ -385,7 +389,7 @@ def test_four_bags_check_reads_the_convention_and_the_classes() -> None:
     assert row["bag_auroc"] == pytest.approx(0.8) and row["auprc2"] == pytest.approx(0.5)
     # one member without the all-classes score: per label, and the default convention
     members.loc[0, "auprc2_all_classes"] = np.nan
-    label = four_bags_check(members).iloc[0]
+    label = four_bags_check(members, model="attention").iloc[0]
     assert (label["convention"], label["classes"]) == ("attnsets", "label")
     assert label["auprc2"] == pytest.approx(0.15)
 
@@ -394,7 +398,7 @@ def test_four_bags_check_reads_the_convention_and_the_classes() -> None:
 
 
 def test_learned_share_by_rule_and_model_counts_the_members(page: Path, study_dir: Path) -> None:
-    from attnsets.report.results_page import learned_share_grid
+    from attnsets.report.markdown import learned_share_grid
 
     study = load_study(study_dir)
     members = member_frame(study)

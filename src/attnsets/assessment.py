@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from attnsets.headline import OneCell, headline
+from attnsets.metrics.cluster import nanmean
 from attnsets.metrics.silent import SilentFailureCriteria, UnitTestResult
 
 #: A flat table of named metrics (NaN where undefined).
@@ -88,12 +90,6 @@ def explained_bags(arrays: Mapping[str, np.ndarray], method: str) -> np.ndarray:
 
 def _floats(table: Mapping[str, Any]) -> MetricTable:
     return {str(k): float(v) for k, v in table.items()}
-
-
-def nanmean(values: list[float]) -> float:
-    """Mean of the finite values; NaN (no warning) when there are none."""
-    finite = [v for v in values if not math.isnan(v)]
-    return float(np.mean(finite)) if finite else math.nan
 
 
 @dataclass(frozen=True)
@@ -302,22 +298,16 @@ class Assessment:
         return list(self.explainers)
 
     def headline(self) -> dict[str, float]:
-        """The few numbers a reader wants first (flat; NaN where undefined)."""
+        """The few numbers a reader wants first (flat; NaN where undefined): per explainer,
+        `attnsets.headline` of this assessment alone for the criteria's importance metric."""
         mean_bag = self.member_mean_bag
         out: dict[str, float] = {
             "bag_accuracy": mean_bag.accuracy,
             "bag_balanced_accuracy": mean_bag.balanced_accuracy,
             "ensemble_bag_accuracy": self.ensemble_bag.accuracy,
         }
-        key = self.criteria.importance_metric
-        for method, result in self.explainers.items():
-            out[f"{method}.{key}"] = result.mean(key)
-            out[f"{method}.silent_rate"] = result.silent_rate
-            out[f"{method}.ensemble_{key}"] = result.ensemble_value(key)
-            out[f"{method}.ensemble_gain"] = result.ensemble_value(key) - result.mean(key)
-            out[f"{method}.ensemble_silent"] = float(result.ensemble_silent)
-            if result.all_classes is not None:
-                out[f"{method}.all_classes_{key}"] = result.all_classes.mean.get(key, math.nan)
+        for method in self.explainers:
+            out.update(headline([OneCell(self)], method).record())
         if self.unit_test is not None:
             out["unit_test_flagged_rate"] = self.unit_test.flagged_rate
         return out

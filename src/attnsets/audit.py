@@ -27,11 +27,12 @@ import numpy as np
 import pandas as pd
 
 from attnsets.assess import AssessSpec
-from attnsets.assessment import Assessment, nanmean
+from attnsets.assessment import Assessment
 from attnsets.data import SetDataset, make_dataset
 from attnsets.data.battery import BatteryEntry, resolve_battery
 from attnsets.errors import SpecError, SpecErrors, TrainingDivergedError
 from attnsets.metrics import SilentFailureCriteria
+from attnsets.metrics.cluster import nanmean
 from attnsets.models import POOLINGS, InputInfo, ModelSpec, SetModel, build_model
 from attnsets.models.user import ModelBuilder, ProbeReport, build_member, load_builder, probe_model
 from attnsets.registry import build_dataclass

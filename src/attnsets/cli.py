@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -291,21 +292,27 @@ def _print_run_summary(summary: Any, out: Path) -> None:
 
 
 def _print_headline(out: Path) -> None:
-    from attnsets.study.headline import headline_table
-    from attnsets.study.results import results_frame
+    """The headline table of the study in `out` (attnsets.headline per dataset x model) for
+    the study's importance metric and headline explainer."""
+    from attnsets.report.collect import open_results as load_results
+    from attnsets.report.tables import headline_rows, study_metric
 
-    table = headline_table(results_frame(out))
-    view = Table(title="headline: can the attention be trusted?",
-                 caption="means over replicate seeds; silent rate = share of members with high "
-                         "bag accuracy but low attention AUROC")
-    for col in ("dataset", "rule", "model", "cells", "bag accuracy", "attention AUROC",
-                "silent rate", "ensemble AUROC", "ensemble gain"):
+    study = load_results(out)
+    metric, method = study_metric(study).upper(), study.method or "attention"
+    view = Table(title=f"headline: can the {method} be trusted?",
+                 caption=f"means over replicate seeds; silent rate = share of members with high "
+                         f"bag accuracy but low {method} {metric}")
+    for col in ("dataset", "rule", "model", "cells", "bag accuracy", f"{method} {metric}",
+                "silent rate", f"ensemble {metric}", "ensemble gain"):
         view.add_column(col, justify="left" if col in ("dataset", "rule", "model") else "right")
-    for row in table.itertuples(index=False):
-        view.add_row(str(row.dataset), str(row.rule), str(row.model), str(row.cells),
-                     _fmt(row.bag_accuracy), _fmt(row.attention_auroc), _fmt(row.silent_rate),
-                     _fmt(row.ensemble_auroc), f"{float(row.ensemble_gain):+.3f}"
-                     if row.ensemble_gain == row.ensemble_gain else "—")
+    for row in headline_rows(study):
+        found, bags = row.headline.explainer, row.headline.bags
+        gain = found.ensemble_gain if found else math.nan
+        view.add_row(row.dataset, row.rule, row.model, str(bags.cells), _fmt(bags.accuracy),
+                     _fmt(found.importance.value if found else math.nan),
+                     _fmt(found.silent_rate if found else math.nan),
+                     _fmt(found.ensemble if found else math.nan),
+                     "—" if math.isnan(gain) else f"{gain:+.3f}")
     console.print(view)
 
 
@@ -463,7 +470,7 @@ def _training_overrides(epochs: int | None, device: str | None) -> dict[str, Any
     return table or None
 
 
-def _verdict(value: Any) -> str:
+def _yes_no(value: Any) -> str:
     """yes / no for a verdict, a dash for one that was not judged (None, NA)."""
     from pandas import isna
 
@@ -481,18 +488,19 @@ def print_audit(result: Any) -> None:
                   caption=f"learns = {crit.bag_metric} >= {crit.min_bag_score} (val split "
                           f"for shifted-test rules); finds witnesses = attention "
                           f"{crit.importance_metric} > {crit.max_importance}; — = not judged")
-    for col in ("entry", "learns", "score", "attention finds witnesses", "attn. AUROC",
+    key = crit.importance_metric
+    for col in ("entry", "learns", "score", "attention finds witnesses", f"attn. {key.upper()}",
                 "no silent failure", "silent", "unit test", "padding ok", "passed"):
         table.add_column(col, justify="left" if col == "entry" else "right")
     for row in result.table.to_dict("records"):
         silent = row["silent_members"]
         table.add_row(
-            row["entry"], _verdict(row["learns_task"]), _fmt(row["learn_score"]),
-            _verdict(row["attention_finds_witnesses"]), _fmt(row["attention_auroc"]),
-            _verdict(row["no_silent_failures"]),
+            row["entry"], _yes_no(row["learns_task"]), _fmt(row["learn_score"]),
+            _yes_no(row["attention_finds_witnesses"]), _fmt(row[f"attention_{key}"]),
+            _yes_no(row["no_silent_failures"]),
             "—" if isna(silent) else f"{silent}/{row['members_trained']}",
-            _verdict(row["passes_unit_test"]), _verdict(row["respects_padding"]),
-            _verdict(row["passed"]))
+            _yes_no(row["passes_unit_test"]), _yes_no(row["respects_padding"]),
+            _yes_no(row["passed"]))
     console.print(table)
     for row in result.table.to_dict("records"):
         if row["notes"]:

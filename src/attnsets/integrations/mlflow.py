@@ -136,10 +136,10 @@ class MlflowTracker:
         if out is not None:
             out = Path(out)
             if (out / "results.sqlite").is_file():
-                from attnsets.study.headline import headline_table
-                from attnsets.study.results import results_frame
+                from attnsets.report.collect import open_results
+                from attnsets.report.tables import headline_table
 
-                table = headline_table(results_frame(out))
+                table = headline_table(open_results(out))
                 self.client.log_text(self.parent_id, table.to_csv(index=False), "headline.csv")
             report = out / "report"
             if (report / "report.html").is_file():

@@ -16,6 +16,12 @@ N_BOOT = 2000
 LEVEL = 0.95
 
 
+def nanmean(values: Any) -> float:
+    """Mean of the finite values of a sequence or array; NaN (no warning) when there are none."""
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
 @dataclass(frozen=True)
 class Estimate:
     """A mean (or a rate: the mean of 0/1 values) with its cluster-bootstrap interval."""

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from attnsets.assessment import Assessment
 from attnsets.errors import SpecError
+from attnsets.labels import cell_label
 from attnsets.metrics import SilentFailureCriteria
 from attnsets.run import TrainingSummary
 from attnsets.study.cell import Cell
@@ -111,7 +111,7 @@ def pool_kind(pool_name: str | None) -> str:
 
 
 def dataset_label(cell: Cell) -> str:
-    return f"{cell.dataset_name} [{cell.variant}]" if cell.variant else cell.dataset_name
+    return cell_label(cell.dataset_name, variant=cell.variant)
 
 
 def _ordered(found: list[str], preferred: list[str]) -> list[str]:
@@ -223,9 +223,3 @@ def _view(record: CellRecord) -> CellView:
 #: The name before open_results; kept for one release.
 load_study = open_results
 
-
-def nanmean(values: list[float] | np.ndarray) -> float:
-    """Mean ignoring NaN; NaN (no warning) when nothing is defined."""
-    arr = np.asarray(values, dtype=np.float64)
-    arr = arr[~np.isnan(arr)]
-    return float(arr.mean()) if arr.size else math.nan

@@ -26,6 +26,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from attnsets.assessment import ArrayKey, explained_bags
 from attnsets.data.bags import BagSplit
 from attnsets.metrics import normalise_per_bag, per_bag_auroc
+from attnsets.report.arrays import StoredArrays
 from attnsets.report.collect import BASELINE_METHODS, CellView, StudyView
 from attnsets.report.style import (
     OTHER_COLOUR,
@@ -34,7 +35,6 @@ from attnsets.report.style import (
     fitted_legend,
     new_figure,
 )
-from attnsets.study.store import ResultsStore
 
 #: Most instances drawn for one image / sequence bag (larger bags show the most relevant ones).
 MAX_IMAGES = 12
@@ -313,36 +313,13 @@ def _motif_window(tokens: np.ndarray, motif: np.ndarray, max_mismatches: int) ->
     return int(hits[0]) if hits.size else None
 
 
-def _sequence_figure(choice: ExampleChoice, split: BagSplit, arrays: dict[str, np.ndarray],
-                     pool: Any) -> tuple[Figure, str] | None:
+def _sequence_text(ax_text: Axes, tokens: np.ndarray, bag: Any, shown: np.ndarray,
+                   witness: np.ndarray, pool: Any, longest: int) -> None:
+    """The shown sequences as letters, one per row, each implanted motif highlighted
+    (witness or decoy colour); tokens: (m, L) of the shown instances."""
     from attnsets.data.pools.sequences import decode
 
-    picked = _pick_bag(choice, split, arrays, MAX_SEQUENCES)
-    if picked is None:
-        return None
-    b, bag, n, scores, witness, shown, good_auroc, bad_auroc = picked
     m = len(shown)
-    roles = _roles(choice)
-    normalised = normalise_per_bag(scores, method="minmax")[:, shown]
-    tokens = bag.instances[shown]
-    longest = max(int((tokens != 0).sum(axis=1).max()), 1)
-    text_width = 0.14 * longest + 0.9
-    figure = new_figure(text_width + 1.1 * len(roles) + 1.2, 0.3 * m + 2.3)
-    grid = figure.add_gridspec(1, len(roles) + 1,
-                               width_ratios=[0.55] * len(roles) + [text_width])
-    image = None
-    for r, (k, role) in enumerate(roles):
-        ax = figure.add_subplot(grid[0, r])
-        image = ax.imshow(normalised[k][:, None], cmap=SCORE_CMAP, vmin=0, vmax=1, aspect="auto",
-                          extent=(-0.5, 0.5, m - 0.5, -0.5))
-        bag_value = (good_auroc if k == choice.good else bad_auroc)[b]
-        ax.set_title(f"{role.split(' (')[0]}\nAUROC\n{bag_value:.2f}", fontsize=8.5)
-        ax.set_xticks([])
-        ax.set_yticks(np.arange(m), [str(i) for i in shown] if r == 0 else [])
-        ax.grid(False)
-        if r == 0:
-            ax.set_ylabel("instance in bag")
-    ax_text = figure.add_subplot(grid[0, len(roles)])
     motifs = list(getattr(pool, "motif_tokens", []))
     max_mismatches = int(getattr(pool, "max_mismatches", 0))
     for row, tokens_row in enumerate(tokens):
@@ -370,6 +347,38 @@ def _sequence_figure(choice: ExampleChoice, split: BagSplit, arrays: dict[str, n
     for side in ("left", "bottom"):
         ax_text.spines[side].set_visible(False)
     ax_text.set_title("sequence (implanted motif highlighted)", fontsize=9)
+
+
+def _sequence_figure(choice: ExampleChoice, split: BagSplit, arrays: dict[str, np.ndarray],
+                     pool: Any) -> tuple[Figure, str] | None:
+
+    picked = _pick_bag(choice, split, arrays, MAX_SEQUENCES)
+    if picked is None:
+        return None
+    b, bag, n, scores, witness, shown, good_auroc, bad_auroc = picked
+    m = len(shown)
+    roles = _roles(choice)
+    normalised = normalise_per_bag(scores, method="minmax")[:, shown]
+    tokens = bag.instances[shown]
+    longest = max(int((tokens != 0).sum(axis=1).max()), 1)
+    text_width = 0.14 * longest + 0.9
+    figure = new_figure(text_width + 1.1 * len(roles) + 1.2, 0.3 * m + 2.3)
+    grid = figure.add_gridspec(1, len(roles) + 1,
+                               width_ratios=[0.55] * len(roles) + [text_width])
+    image = None
+    for r, (k, role) in enumerate(roles):
+        ax = figure.add_subplot(grid[0, r])
+        image = ax.imshow(normalised[k][:, None], cmap=SCORE_CMAP, vmin=0, vmax=1, aspect="auto",
+                          extent=(-0.5, 0.5, m - 0.5, -0.5))
+        bag_value = (good_auroc if k == choice.good else bad_auroc)[b]
+        ax.set_title(f"{role.split(' (')[0]}\nAUROC\n{bag_value:.2f}", fontsize=8.5)
+        ax.set_xticks([])
+        ax.set_yticks(np.arange(m), [str(i) for i in shown] if r == 0 else [])
+        ax.grid(False)
+        if r == 0:
+            ax.set_ylabel("instance in bag")
+    _sequence_text(figure.add_subplot(grid[0, len(roles)]), tokens, bag, shown, witness, pool,
+                   longest)
     if image is not None:
         figure.colorbar(image, ax=figure.axes[: len(roles)], location="bottom", shrink=0.9,
                         label="score (min–max\nwithin bag)")
@@ -458,8 +467,9 @@ def _caption(choice: ExampleChoice, shown: str) -> str:
     return " ".join(p for p in parts if p)
 
 
-def example_figures(study: StudyView, notes: list[str]) -> list[Example]:
-    """One Example per modality present; every modality that cannot be drawn adds a note."""
+def example_figures(study: StudyView, notes: list[str], arrays: StoredArrays) -> list[Example]:
+    """One Example per modality present; every modality that cannot be drawn adds a note.
+    `arrays` reads the chosen cells' stored scores."""
     examples: list[Example] = []
     kinds = list(dict.fromkeys(c.kind for c in study.done))
     for kind in kinds:
@@ -473,22 +483,18 @@ def example_figures(study: StudyView, notes: list[str]) -> list[Example]:
             notes.append(f"Example bags ({kind}): no cell has per-instance scores of an "
                          "informative explainer.")
             continue
-        store = ResultsStore(study.directory)
-        try:
-            arrays = store.arrays(choice.cell.cell_id)
-        finally:
-            store.close()
-        if ArrayKey.scores(choice.method) not in arrays or ArrayKey.MASK not in arrays:
+        stored = arrays.of(choice.cell.cell_id)
+        if ArrayKey.scores(choice.method) not in stored or ArrayKey.MASK not in stored:
             notes.append(f"Example bags ({kind}): the store holds no score arrays for "
                          f"{choice.cell.dataset} × {choice.cell.model}.")
             continue
         try:
-            split, pool = regenerate_test_split(choice.cell, arrays)
+            split, pool = regenerate_test_split(choice.cell, stored)
         except Exception as error:  # noqa: BLE001 - e.g. a pool file that is gone
             notes.append(f"Example bags ({kind}): could not regenerate the test split of "
                          f"{choice.cell.dataset} ({type(error).__name__}: {error}).")
             continue
-        drawn = DRAWERS[kind](choice, split, arrays, pool)
+        drawn = DRAWERS[kind](choice, split, stored, pool)
         if drawn is None:
             notes.append(f"Example bags ({kind}): no test bag of {choice.cell.dataset} holds "
                          "both witnesses and other instances.")

@@ -284,3 +284,39 @@ def deletion_figure(study: StudyView, palette: Palette) -> Figure | None:
     handles.append(Line2D([], [], color="black", linestyle="--", label="random order"))
     fitted_legend(figure, handles, title="explainer (removal order)")
     return figure
+
+
+def agreement_figure(bags: pd.DataFrame, models: list[str], palette: Palette) -> Figure | None:
+    """Left: per cell, mean rank agreement of the members vs the consensus AUROC. Right: per
+    bag, consensus AUROC by decile of rank agreement (median and interquartile range)."""
+    eligible = bags[np.isfinite(bags["consensus_auroc"]) & np.isfinite(bags["rank_agreement"])]
+    if eligible.empty:
+        return None
+    figure = new_figure(10.0, 4.2)
+    left, right = figure.subplots(1, 2)
+    runs = eligible.groupby(["cell_id", "model"], sort=False)[
+        ["rank_agreement", "consensus_auroc"]].mean().reset_index()
+    for model in models:
+        part = runs[runs["model"] == model]
+        if part.empty:
+            continue
+        left.scatter(part["rank_agreement"], part["consensus_auroc"], s=18, alpha=0.8,
+                     color=palette.model(model), marker=palette.marker(model), label=model)
+    left.set_xlabel("member agreement (mean Spearman between members)")
+    left.set_ylabel("consensus importance AUROC (truth)")
+    left.set_title("per trained ensemble (cell)")
+    left.axhline(0.5, color="grey", lw=0.8, ls=":")
+    left.legend(fontsize=7, loc="lower right")
+    deciles = pd.qcut(eligible["rank_agreement"].rank(method="first"), 10, labels=False)
+    grouped = eligible.groupby(deciles)
+    centre = grouped["rank_agreement"].median()
+    median = grouped["consensus_auroc"].median()
+    q1, q3 = grouped["consensus_auroc"].quantile(0.25), grouped["consensus_auroc"].quantile(0.75)
+    right.fill_between(centre, q1, q3, color="#88CCEE", alpha=0.5, label="interquartile range")
+    right.plot(centre, median, color="#332288", marker="o", label="median")
+    right.axhline(0.5, color="grey", lw=0.8, ls=":")
+    right.set_xlabel("member agreement of the bag (decile medians)")
+    right.set_ylabel("consensus importance AUROC of the bag")
+    right.set_title("per bag, by agreement decile")
+    right.legend(fontsize=7, loc="lower right")
+    return figure

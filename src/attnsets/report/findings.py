@@ -7,14 +7,22 @@ interval here is a *cluster* bootstrap that resamples whole cells."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from attnsets.assessment import ArrayKey, explained_bags
+from attnsets.metrics import combine_scores, importance_report, per_bag_auroc
+from attnsets.metrics.agreement import agreement, correlation
 from attnsets.metrics.cluster import LEVEL, Estimate, cluster_bootstrap
+from attnsets.report.arrays import StoredArrays
 from attnsets.report.collect import StudyView
+from attnsets.report.roles import SINGLE_HEAD_ATTENTION, model_poolings, models_in_role
+
+#: One row of a findings table.
+Row = dict[str, float | int | str]
 
 # --------------------------------------------------------------------------- per-member frame
 
@@ -54,7 +62,8 @@ def _num(value: Any) -> float:
         return math.nan
 
 
-def _rows(frame: pd.DataFrame, by: str, order: list[str] | None, make: Any) -> pd.DataFrame:
+def _rows(frame: pd.DataFrame, by: str, order: list[str] | None,
+          make: Callable[[pd.DataFrame], Row]) -> pd.DataFrame:
     groups = [(name, part) for name, part in frame.groupby(by, sort=False)]
     rank = {name: i for i, name in enumerate(order or [])}
     groups.sort(key=lambda item: (rank.get(item[0], len(rank)), str(item[0])))
@@ -76,9 +85,9 @@ def explanation_quality(members: pd.DataFrame, by: str, method: str = "attention
     learned the task), and the silent-failure rate, each with a 95% cluster-bootstrap CI."""
     rows = members[members["explainer"] == method]
 
-    def make(part: pd.DataFrame) -> dict[str, Any]:
+    def make(part: pd.DataFrame) -> Row:
         learned = part[part["learned"]]
-        out: dict[str, Any] = {"cells": part["cell_id"].nunique(), "members": len(part),
+        out: Row = {"cells": part["cell_id"].nunique(), "members": len(part),
                                "learned": int(part["learned"].sum()),
                                "learned_share": float(part["learned"].mean())}
         out.update(_estimate_columns("auroc", cluster_bootstrap(part["importance"],
@@ -127,8 +136,8 @@ def ensembling(study: StudyView, method: str = "attention",
     if frame.empty:
         return frame
 
-    def make(part: pd.DataFrame) -> dict[str, Any]:
-        out: dict[str, Any] = {"cells": len(part), "k_max": int(part["k_max"].max())}
+    def make(part: pd.DataFrame) -> Row:
+        out: Row = {"cells": len(part), "k_max": int(part["k_max"].max())}
         for column in ("auroc_single", "auroc_ensemble", "p_fail_single", "p_fail_ensemble",
                        "silent_single", "silent_ensemble"):
             out.update(_estimate_columns(column, cluster_bootstrap(part[column],
@@ -154,8 +163,8 @@ def explainer_comparison(members: pd.DataFrame, reference: str = "attention",
     ref = keyed.xs(reference, level="explainer") if reference in members["explainer"].values \
         else pd.Series(dtype=float)
 
-    def make(part: pd.DataFrame) -> dict[str, Any]:
-        out: dict[str, Any] = {"cells": part["cell_id"].nunique(), "members": len(part)}
+    def make(part: pd.DataFrame) -> Row:
+        out: Row = {"cells": part["cell_id"].nunique(), "members": len(part)}
         out.update(_estimate_columns("auroc", cluster_bootstrap(part["importance"],
                                                                 part["cell_id"])))
         out.update(_estimate_columns("silent", cluster_bootstrap(part["silent"].astype(float),
@@ -197,9 +206,9 @@ def unit_tests(study: StudyView, order: list[str] | None = None) -> pd.DataFrame
         if part_rule.empty:
             continue
 
-        def make(part: pd.DataFrame) -> dict[str, Any]:
+        def make(part: pd.DataFrame) -> Row:
             per_cell = part.drop_duplicates("cell_id")
-            out: dict[str, Any] = {"cells": len(per_cell), "members": len(part),
+            out: Row = {"cells": len(per_cell), "members": len(part),
                                    "val_score": float(part["val"].mean()),
                                    "test_score": float(part["test"].mean())}
             out.update(_estimate_columns("flagged", cluster_bootstrap(part["flagged"],
@@ -216,26 +225,25 @@ def unit_tests(study: StudyView, order: list[str] | None = None) -> pd.DataFrame
 # --------------------------------------------------------------------------- mixed ensembles
 
 
-def mixed_ensembles(study: StudyView, method: str = "attention") -> pd.DataFrame:
+def mixed_ensembles(study: StudyView, method: str = "attention",
+                    arrays: StoredArrays | None = None) -> pd.DataFrame:
     """Heterogeneous ensembles of `[study] mixed_ensembles` ({name: [model names]}), scored from
     the stored member scores: for each dataset x replicate where every listed model has `method`
     scores on the same test bags, all their members are combined (the study's combine rule) and
     the importance AUROC of the combination is compared with the members' mean and with the best
-    of the listed models' own (homogeneous) ensembles. One row per group x dataset x replicate."""
-    from attnsets.metrics import combine_scores, importance_report
-    from attnsets.study.store import ResultsStore
-
+    of the listed models' own (homogeneous) ensembles. One row per group x dataset x replicate.
+    `arrays` reads the stored scores (default: the study's store, opened for this call)."""
     groups = study.config.get("study", {}).get("mixed_ensembles", {})
     if not groups:
         return pd.DataFrame()
     by_key = {(c.dataset, c.replicate, c.model): c for c in study.done if method in c.methods}
     records = []
-    store = ResultsStore(study.directory)
+    store = arrays or StoredArrays(study.directory)
     loaded: dict[str, dict[str, np.ndarray]] = {}  # a cell can sit in several groups
 
     def arrays_of(cell_id: str) -> dict[str, np.ndarray]:
         if cell_id not in loaded:
-            loaded[cell_id] = store.arrays(cell_id)
+            loaded[cell_id] = store.of(cell_id)
         return loaded[cell_id]
 
     try:
@@ -245,19 +253,19 @@ def mixed_ensembles(study: StudyView, method: str = "attention") -> pd.DataFrame
                 cells = [c for c in found if c is not None]
                 if len(cells) < len(found):
                     continue
-                arrays = [arrays_of(c.cell_id) for c in cells]
-                if any(a["evidence"].shape != arrays[0]["evidence"].shape
-                       or not np.array_equal(a["evidence"], arrays[0]["evidence"])
-                       for a in arrays):
+                stored = [arrays_of(c.cell_id) for c in cells]
+                if any(a["evidence"].shape != stored[0]["evidence"].shape
+                       or not np.array_equal(a["evidence"], stored[0]["evidence"])
+                       for a in stored):
                     continue  # not the same test bags
                 # The bags every cell's members scored (a bag budget skips the others).
-                rows = np.logical_and.reduce([explained_bags(a, method) for a in arrays])
+                rows = np.logical_and.reduce([explained_bags(a, method) for a in stored])
                 scores = np.concatenate([a[ArrayKey.scores(method)][:, rows]
-                                         for a in arrays])  # (K, B', N)
-                mask = arrays[0][ArrayKey.MASK][rows].astype(bool)
+                                         for a in stored])  # (K, B', N)
+                mask = stored[0][ArrayKey.MASK][rows].astype(bool)
                 rule = cells[0].combine
                 mixed = importance_report(combine_scores(scores, mask, rule),
-                                          arrays[0][ArrayKey.EVIDENCE][rows], mask,
+                                          stored[0][ArrayKey.EVIDENCE][rows], mask,
                                           n_boot=0)["auroc"]
                 own = [c.assessment.explainers[method] for c in cells]
                 homogeneous = np.array([r.ensemble_value("auroc") for r in own])
@@ -271,7 +279,8 @@ def mixed_ensembles(study: StudyView, method: str = "attention") -> pd.DataFrame
                     "auroc_best_homogeneous": float(homogeneous[best]),
                     "best_homogeneous": cells[best].model, "auroc_mixed": float(mixed)})
     finally:
-        store.close()
+        if arrays is None:
+            store.close()
     frame = pd.DataFrame(records)
     if not frame.empty:
         frame["gain_vs_members"] = frame["auroc_mixed"] - frame["auroc_members"]
@@ -285,8 +294,8 @@ def mixed_ensemble_summary(frame: pd.DataFrame) -> pd.DataFrame:
     if frame.empty:
         return frame
 
-    def make(part: pd.DataFrame) -> dict[str, Any]:
-        out: dict[str, Any] = {"models": part["models"].iloc[0], "datasets": len(part)}
+    def make(part: pd.DataFrame) -> Row:
+        out: Row = {"models": part["models"].iloc[0], "datasets": len(part)}
         for column in ("auroc_members", "auroc_best_homogeneous", "auroc_mixed",
                        "gain_vs_members", "gain_vs_best"):
             out.update(_estimate_columns(column, cluster_bootstrap(part[column],
@@ -299,36 +308,34 @@ def mixed_ensemble_summary(frame: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------- agreement
 
 
-def agreement_frame(study: StudyView, method: str = "attention",
-                    top_fraction: float = 0.1) -> pd.DataFrame:
+def agreement_frame(study: StudyView, method: str = "attention", top_fraction: float = 0.1,
+                    arrays: StoredArrays | None = None) -> pd.DataFrame:
     """Label-free member agreement vs the true importance AUROC of the consensus, one row per
     test bag of every cell whose members have `method` scores (K >= 2): cell_id, dataset,
     model, bag, rank_agreement, top_k_overlap, consensus_auroc (NaN for bags without both
-    witnesses and non-witnesses)."""
-    from attnsets.metrics import per_bag_auroc
-    from attnsets.metrics.agreement import agreement
-    from attnsets.study.store import ResultsStore
-
+    witnesses and non-witnesses). `arrays` reads the stored scores (default: the study's
+    store, opened for this call)."""
     frames = []
-    store = ResultsStore(study.directory)
+    store = arrays or StoredArrays(study.directory)
     try:
         for cell in study.done:
             if method not in cell.methods or cell.n_members < 2:
                 continue
-            arrays = store.arrays(cell.cell_id)
+            stored = store.of(cell.cell_id)
             key = ArrayKey.scores(method)
-            if key not in arrays:
+            if key not in stored:
                 continue
-            rows = explained_bags(arrays, method)  # the bags a budget skipped hold no scores
-            scores, mask = arrays[key][:, rows], arrays[ArrayKey.MASK][rows].astype(bool)
+            rows = explained_bags(stored, method)  # the bags a budget skipped hold no scores
+            scores, mask = stored[key][:, rows], stored[ArrayKey.MASK][rows].astype(bool)
             signals = agreement(scores, mask, top_fraction=top_fraction)
-            truth = per_bag_auroc(signals.consensus, arrays[ArrayKey.EVIDENCE][rows], mask).values
+            truth = per_bag_auroc(signals.consensus, stored[ArrayKey.EVIDENCE][rows], mask).values
             frames.append(pd.DataFrame({
                 "cell_id": cell.cell_id, "dataset": cell.dataset, "model": cell.model,
                 "bag": np.flatnonzero(rows), "rank_agreement": signals.rank_agreement,
                 "top_k_overlap": signals.top_k_overlap, "consensus_auroc": truth}))
     finally:
-        store.close()
+        if arrays is None:
+            store.close()
     columns = ["cell_id", "dataset", "model", "bag", "rank_agreement", "top_k_overlap",
                "consensus_auroc"]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
@@ -337,8 +344,6 @@ def agreement_frame(study: StudyView, method: str = "attention",
 def agreement_correlations(bags: pd.DataFrame) -> pd.DataFrame:
     """Spearman / Pearson correlation of each signal with the consensus AUROC, per bag (pooled)
     and per cell (means over its bags), with a cluster-bootstrap CI of the Spearman value."""
-    from attnsets.metrics.agreement import correlation
-
     eligible = bags[np.isfinite(bags["consensus_auroc"])]
     runs = eligible.groupby("cell_id", sort=False)[
         ["rank_agreement", "top_k_overlap", "consensus_auroc"]].mean().reset_index()
@@ -356,8 +361,6 @@ def agreement_correlations(bags: pd.DataFrame) -> pd.DataFrame:
 def _spearman_ci(part: pd.DataFrame, signal: str, by_cell: bool, n_boot: int = 400,
                  seed: int = 0) -> tuple[float, float]:
     """Percentile CI of the Spearman correlation, resampling cells (bag level) or rows."""
-    from attnsets.metrics.agreement import correlation
-
     if len(part) < 3:
         return math.nan, math.nan
     rng = np.random.default_rng(seed)
@@ -385,14 +388,22 @@ def _spearman_ci(part: pd.DataFrame, signal: str, by_cell: bool, n_boot: int = 4
 # --------------------------------------------------------------------------- pos-neg (xMIL)
 
 
+def role_models(study: StudyView | None, model: str | None) -> list[str]:
+    """`model` when given, else the study's models with single-head softmax attention pooling
+    (the attention MIL of the xMIL and MILLI claims)."""
+    if model is not None:
+        return [model]
+    return models_in_role(model_poolings(study), SINGLE_HEAD_ATTENTION) if study else []
+
+
 def _signed_evidence_check(members: pd.DataFrame, study: StudyView | None, rule: str,
-                           model: str, methods: tuple[str, ...], option: str, default: str,
-                           column: str | None = None) -> pd.DataFrame:
-    """Per (dataset of `rule`, method): AUPRC-2 of `model`'s members (over every class where
+                           models: list[str], methods: tuple[str, ...], option: str,
+                           default: str, column: str | None = None) -> pd.DataFrame:
+    """Per (dataset of `rule`, method): AUPRC-2 of the members of `models` (over every class where
     every member was scored for every class, else over each bag's label), their bag AUROC and
     learned share, CIs over cells; `column` (default `option`) names the rule option `option`
     of the cells (`default` where absent)."""
-    rows = members[(members["rule"] == rule) & (members["model"] == model)
+    rows = members[(members["rule"] == rule) & members["model"].isin(models)
                    & members["explainer"].isin(methods)]
     chosen = {c.cell_id: str(c.rule_options.get(option, default))
               for c in study.done} if study is not None else {}
@@ -416,15 +427,16 @@ def _signed_evidence_check(members: pd.DataFrame, study: StudyView | None, rule:
 
 
 def pos_neg_check(members: pd.DataFrame, study: StudyView | None = None,
-                  model: str = "attention",
+                  model: str | None = None,
                   methods: tuple[str, ...] = ("attention", "integrated_gradients", "random")
                   ) -> pd.DataFrame:
     """xMIL's Pos-Neg silent failure, on our pos_neg datasets: bag AUROC of `model` and the
     AUPRC-2 of each of `methods` (CI over cells). Like xMIL, AUPRC-2 is taken over every class
     where the cells scored every class (``evaluated_classes = "all"``), else over each bag's
     label (column `classes`); `construction` names the rule's construction ("xmil" reproduces
-    xMIL's sampling, "attnsets" is ours)."""
-    return _signed_evidence_check(members, study, "pos_neg", model, methods,
+    xMIL's sampling, "attnsets" is ours). `model` (default: every model with single-head
+    softmax attention pooling) is the attention MIL model."""
+    return _signed_evidence_check(members, study, "pos_neg", role_models(study, model), methods,
                                   "construction", "attnsets")
 
 
@@ -432,7 +444,7 @@ def pos_neg_check(members: pd.DataFrame, study: StudyView | None = None,
 
 
 def four_bags_check(members: pd.DataFrame, study: StudyView | None = None,
-                    model: str = "attention",
+                    model: str | None = None,
                     methods: tuple[str, ...] = ("attention", "single", "leave_one_out", "random")
                     ) -> pd.DataFrame:
     """MILLI's FOUR-MNIST-BAGS comparison, on our four_bags datasets: for `model`, its bag
@@ -441,8 +453,9 @@ def four_bags_check(members: pd.DataFrame, study: StudyView | None = None,
     Removed" are our `single` and `leave_one_out`. AUPRC-2 is taken over every class where the
     cells scored every class (``evaluated_classes = "all"``), else over each bag's label
     (column `classes`); `convention` is the rule's evidence_convention ("milli" gives class 0
-    MILLI's signs, "attnsets" is ours)."""
-    return _signed_evidence_check(members, study, "four_bags", model, methods,
+    MILLI's signs, "attnsets" is ours). `model`: as for `pos_neg_check`."""
+    return _signed_evidence_check(members, study, "four_bags", role_models(study, model),
+                                  methods,
                                   "evidence_convention", "attnsets", column="convention")
 
 

@@ -111,28 +111,31 @@ def fitted_legend(figure: Figure, handles: list[Any], *, loc: str = "outside low
 
 @dataclass(frozen=True)
 class SavedFigure:
-    """A figure written as PNG and SVG; `png` holds the PNG bytes for embedding; `label` is
-    its number in the report ("1", "4b", ...)."""
+    """A figure written as PNG (and SVG unless asked not to); `png` holds the PNG bytes for
+    embedding; `label` is its number in the report ("1", "4b", ...)."""
 
     label: str
     name: str
     title: str
     caption: str
     png_path: Path
-    svg_path: Path
+    svg_path: Path | None
     png: bytes
 
 
 def save_figure(figure: Figure, directory: Path, label: str, name: str, title: str,
-                caption: str) -> SavedFigure:
-    """Write `name`.png and `name`.svg into `directory` (metadata without dates, so the same
-    results give the same files)."""
+                caption: str, *, svg: bool = True) -> SavedFigure:
+    """Write `name`.png and, with `svg`, `name`.svg into `directory` (metadata without dates,
+    so the same results give the same files)."""
     directory.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=PNG_DPI, metadata={"Software": None})
-    png_path, svg_path = directory / f"{name}.png", directory / f"{name}.svg"
+    png_path = directory / f"{name}.png"
     png_path.write_bytes(buffer.getvalue())
-    # The layout is fixed by the PNG pass; running it again for the SVG would only cost time.
-    figure.set_layout_engine("none")
-    figure.savefig(svg_path, format="svg", metadata={"Date": None, "Creator": None})
+    svg_path = None
+    if svg:
+        # The layout is fixed by the PNG pass; running it again for the SVG would only cost time.
+        figure.set_layout_engine("none")
+        svg_path = directory / f"{name}.svg"
+        figure.savefig(svg_path, format="svg", metadata={"Date": None, "Creator": None})
     return SavedFigure(label, name, title, caption, png_path, svg_path, buffer.getvalue())

@@ -4,24 +4,17 @@ curve, cells. Plus the one number format shared by the Markdown, the HTML and th
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from attnsets.metrics.cluster import cluster_bootstrap
-from attnsets.report.collect import CellView, StudyView, dataset_label, nanmean
+from attnsets.headline import Headline, headline, headline_columns
+from attnsets.report.collect import StudyView, dataset_label
 
-HEADLINE_COLUMNS = [
-    "dataset", "model", "pool", "rule", "cells", "members", "explainer",
-    "bag_accuracy", "bag_balanced_accuracy", "ensemble_bag_accuracy",
-    "importance_auroc", "importance_auroc_ci_low", "importance_auroc_ci_high",
-    "importance_auprc", "importance_auprc_ci_low", "importance_auprc_ci_high", "auprc_chance",
-    "ci_source", "min_bag_score", "max_importance", "members_accurate", "silent_failures",
-    "silent_rate",
-    "ensemble_auroc", "ensemble_gain", "ensemble_k", "p_fail_single", "p_fail_ensemble",
-    "unit_test_flagged_rate", "note",
-]
+#: The headline table's columns for the default importance metric (see `headline_columns`).
+HEADLINE_COLUMNS = headline_columns("auroc")
 RANKING_COLUMNS = [
     "rank", "explainer", "cells", "mean_auroc", "sd_auroc", "mean_auprc", "mean_rank_in_cell",
     "silent_rate", "ensemble_auroc", "mean_aopc_relative",
@@ -54,84 +47,47 @@ def fmt(value: Any, column: str = "") -> str:
     return f"{number:+.3f}" if column in SIGNED_COLUMNS else f"{number:.3f}"
 
 
-def _curve_rows(cells: list[CellView], method: str) -> list[dict[str, Any]]:
-    return [p.to_dict() for c in cells if method in c.assessment.explainers
-            for p in c.assessment.explainers[method].curve]
+@dataclass(frozen=True)
+class HeadlineRow:
+    """One dataset x model of a study (replicate cells pooled) and its headline."""
+
+    dataset: str
+    model: str
+    pool: str
+    rule: str
+    headline: Headline
+
+    def columns(self) -> dict[str, object]:
+        return {"dataset": self.dataset, "model": self.model, "pool": self.pool,
+                "rule": self.rule, **self.headline.columns()}
 
 
-def _headline_row(study: StudyView, dataset: str, model: str, method: str | None) -> dict[str, Any]:
-    cells = study.cells(dataset, model)
-    first = cells[0]
-    bag = [c.assessment.member_mean_bag for c in cells]
-    ens_bag = [c.assessment.ensemble_bag for c in cells]
-    row: dict[str, Any] = {
-        "dataset": dataset, "model": model, "pool": first.pool, "rule": first.rule,
-        "cells": len(cells), "members": sum(c.n_members for c in cells), "explainer": method or "",
-        "bag_accuracy": nanmean([b.accuracy for b in bag]),
-        "bag_balanced_accuracy": nanmean([b.balanced_accuracy for b in bag]),
-        "ensemble_bag_accuracy": nanmean([b.accuracy for b in ens_bag]),
-        "note": "",
-    }
-    for column in HEADLINE_COLUMNS:
-        row.setdefault(column, math.nan)
-    flagged = [c.assessment.unit_test.flagged_rate for c in cells
-               if c.assessment.unit_test is not None]
-    row["unit_test_flagged_rate"] = nanmean(flagged) if flagged else math.nan
-    with_method = [c for c in cells if method in c.methods]
-    if method is None or not with_method:
-        reasons = sorted({c.assessment.not_applicable.get(method, "") for c in cells} - {""})
-        row["note"] = f"{method}: {'; '.join(reasons) or 'not computed'}" if method else \
-            "no explainer results"
-        return row
-    data = study.members[(study.members["dataset"] == dataset) & (study.members["model"] == model)
-                         & (study.members["explainer"] == method)]
-    auroc, auprc = data["auroc"].to_numpy(float), data["auprc"].to_numpy(float)
-    row["importance_auroc"], row["importance_auprc"] = nanmean(auroc), nanmean(auprc)
-    row["auprc_chance"] = nanmean(data["auprc_chance"].to_numpy(float))
-    cells_with_values = data.loc[~np.isnan(auroc), "cell_id"].nunique()
-    if cells_with_values >= 2:  # members of a cell are not independent: resample whole cells
-        row["ci_source"] = "cells"
-        for metric, values in (("auroc", auroc), ("auprc", auprc)):
-            estimate = cluster_bootstrap(values, data["cell_id"].to_numpy())
-            row[f"importance_{metric}_ci_low"] = estimate.low
-            row[f"importance_{metric}_ci_high"] = estimate.high
-    else:  # one cell: only the bag-level bootstraps stored with its members are available
-        row["ci_source"] = "bags"
-        result = with_method[0].assessment.explainers[method]
-        for metric in ("auroc", "auprc"):
-            row[f"importance_{metric}_ci_low"] = result.mean(f"{metric}_ci_low")
-            row[f"importance_{metric}_ci_high"] = result.mean(f"{metric}_ci_high")
-    row["min_bag_score"] = float(data["min_bag_score"].iloc[0])
-    row["max_importance"] = float(data["max_importance"].iloc[0])
-    row["members_accurate"] = int((data["bag_score"] >= data["min_bag_score"]).sum())
-    row["silent_failures"] = int(data["silent"].sum())
-    row["silent_rate"] = float(data["silent"].mean()) if len(data) else math.nan
-    ensemble_auroc = nanmean([c.assessment.explainers[method].ensemble_value("auroc")
-                              for c in with_method])
-    row["ensemble_auroc"] = ensemble_auroc
-    row["ensemble_gain"] = ensemble_auroc - row["importance_auroc"]
-    curve = pd.DataFrame(_curve_rows(with_method, method))
-    if not curve.empty and "k" in curve:
-        k_max = int(curve["k"].max())
-        row["ensemble_k"] = k_max
-        row["p_fail_single"] = nanmean(curve.loc[curve["k"] == curve["k"].min(), "p_fail"]
-                                       .to_numpy(float))
-        row["p_fail_ensemble"] = nanmean(curve.loc[curve["k"] == k_max, "p_fail"].to_numpy(float))
-    missing = [c for c in cells if c not in with_method]
-    if missing:
-        row["note"] = f"{method} missing in {len(missing)} of {len(cells)} cells"
-    return row
+def headline_rows(study: StudyView) -> list[HeadlineRow]:
+    """Per dataset x model with finished cells, in the study's order: `attnsets.headline` of
+    its cells for `study.method` and the study's importance metric."""
+    rows = []
+    for dataset in study.datasets:
+        for model in study.models:
+            cells = study.cells(dataset, model)
+            if cells:
+                rows.append(HeadlineRow(dataset, model, cells[0].pool, cells[0].rule,
+                                        headline(cells, study.method)))
+    return rows
+
+
+def study_metric(study: StudyView) -> str:
+    """The importance metric the study's criteria name (AUROC for a study without cells)."""
+    return study.done[0].criteria.importance_metric if study.done else "auroc"
 
 
 def headline_table(study: StudyView) -> pd.DataFrame:
-    """One row per dataset x model (replicates pooled). Importance columns refer to
-    `study.method`; CIs are cluster bootstraps of the mean over all trained members that
-    resample whole cells (ci_source "cells", the same method as the results page), or the
-    members' mean of their stored bag-bootstrap bounds when a group has a single cell
-    (ci_source "bags")."""
-    rows = [_headline_row(study, d, m, study.method) for d in study.datasets for m in study.models
-            if study.cells(d, m)]
-    return pd.DataFrame(rows, columns=HEADLINE_COLUMNS)
+    """One row per dataset x model (replicates pooled), columns `headline_columns` of the
+    study's importance metric. Importance columns refer to `study.method`; CIs are cluster
+    bootstraps of the mean over all trained members that resample whole cells (ci_source
+    "cells", the same method as the results page), or the members' mean of their stored
+    bag-bootstrap bounds when a group has a single cell (ci_source "bags")."""
+    return pd.DataFrame([row.columns() for row in headline_rows(study)],
+                        columns=headline_columns(study_metric(study)))
 
 
 def explainer_ranking(study: StudyView) -> pd.DataFrame:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from attnsets.labels import cell_label
 from attnsets.spec.codec import JSONDict, JSONValue, from_dict, identity_dict, stable_hash, to_dict
 
 if TYPE_CHECKING:
@@ -77,8 +78,7 @@ class Cell:
     @property
     def label(self) -> str:
         """"dataset x model seed r [variant]": how logs, MLflow and reports name a cell."""
-        variant = f" [{self.variant}]" if self.variant else ""
-        return f"{self.dataset_name} x {self.model_name} seed {self.replicate}{variant}"
+        return cell_label(self.dataset_name, self.model_name, self.replicate, self.variant)
 
     def to_dict(self) -> JSONDict:
         """The canonical form the store keeps (the run in attnsets.spec's canonical form)."""

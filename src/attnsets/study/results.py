@@ -118,17 +118,19 @@ def busy_seconds(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def time_by_stage(directory: str | Path, records: list[CellRecord] | None = None
-                  ) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Where a study's worker time went: one row per stage family (seconds, share, cells that
-    have it), largest first; and the totals ``cells``, ``worker_seconds``, ``busy_seconds``.
-    records: the store's records, already read (else they are read from `directory`)."""
-    if records is None:
-        store = ResultsStore(directory)
-        try:
-            records = store.done()
-        finally:
-            store.close()
+def time_by_stage(directory: str | Path) -> tuple[pd.DataFrame, dict[str, float]]:
+    """`stage_times` of the finished cells of the store in `directory`."""
+    store = ResultsStore(directory)
+    try:
+        return stage_times(store.done())
+    finally:
+        store.close()
+
+
+def stage_times(records: list[CellRecord]) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Where a study's worker time went, from its records (finished ones count): one row per
+    stage family (seconds, share, cells that have it), largest first; and the totals ``cells``,
+    ``worker_seconds``, ``busy_seconds``."""
     records = [r for r in records if r.done]
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}

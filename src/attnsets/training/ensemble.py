@@ -54,6 +54,7 @@ from attnsets.models.base import (
 from attnsets.spec.constraints import Interval, is_int
 from attnsets.training.fit import (
     ENSEMBLE_STRATEGIES,
+    EarlyStopping,
     EpochStats,
     History,
     PaddedSplit,
@@ -314,6 +315,130 @@ def _fit_sequential(model_spec: ModelSpec, dataset: SetDataset, spec: TrainSpec,
     return EnsembleResult(ensemble, histories)
 
 
+@dataclass
+class _StackedBatches:
+    """One epoch's mini-batches of the active members: `orders` (A, n_train) is each member's
+    permutation of the training bags; `values` the (n_batches, A) losses once read."""
+
+    train: PaddedSplit
+    orders: np.ndarray
+    spec: TrainSpec
+    device: torch.device
+    values: np.ndarray | None = None
+
+    @property
+    def starts(self) -> range:
+        return range(0, self.orders.shape[1], self.spec.batch_size)
+
+
+def _vectorised_epoch(train_logits: Callable[..., torch.Tensor], params: Tensors,
+                      buffers: Tensors, optimizer: torch.optim.Optimizer,
+                      batches: _StackedBatches, weights: torch.Tensor | None,
+                      spec: TrainSpec) -> np.ndarray:
+    """One stacked pass over the training bags; (A,) each member's summed loss (batch mean x
+    batch size). The batch losses are kept in `batches.values`."""
+    orders = batches.orders
+    order_rows = to_device(torch.from_numpy(orders), batches.device)
+    batch_losses = []
+    for start in batches.starts:
+        index = orders[:, start:start + spec.batch_size]  # (A, b)
+        x, mask, labels = batches.train.batch(index, order_rows[:, start:start + spec.batch_size])
+        total, weight_sum, _ = loss_terms(train_logits(params, buffers, x, mask), labels, weights)
+        losses = total / weight_sum  # (A,) each member's own mean loss
+        batch_losses.append(losses.detach())
+        optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        if spec.max_grad_norm is not None:
+            _clip_per_member(params, spec.max_grad_norm)
+        optimizer.step()
+    batches.values = read_losses(batch_losses)  # (n_batches, A)
+    loss_sums = np.zeros(len(orders))
+    for start, batch_values in zip(batches.starts, batches.values, strict=True):
+        loss_sums += batch_values * orders[:, start:start + spec.batch_size].shape[1]
+    return loss_sums
+
+
+def _check_losses(batches: _StackedBatches, active: np.ndarray, member_seeds: list[int],
+                  epoch: int, spec: TrainSpec, dataset: SetDataset) -> None:
+    """TrainingDivergedError naming the member of the first diverged batch loss."""
+    assert batches.values is not None
+    for batch_number, batch_values in enumerate(batches.values):
+        bad = first_diverged(batch_values, spec.divergence_threshold)
+        if bad is not None:
+            member = int(active[bad])
+            raise diverged_error(
+                f"ensemble member {member} (seed {member_seeds[member]})", epoch,
+                batch_number, float(batch_values[bad]), spec.divergence_threshold,
+                spec.lr, count_nonfinite(dataset.train))
+
+
+def _keep_best(best: Tensors, params: Tensors, buffers: Tensors, improved_rows: list[int],
+               active: np.ndarray, device: torch.device) -> None:
+    """Copy the improved rows' parameters and buffers into their members' best state."""
+    if not improved_rows:
+        return
+    rows = torch.tensor(improved_rows, device=device)
+    members = torch.from_numpy(active[improved_rows]).to(device)
+    with torch.no_grad():
+        for name, value in {**params, **buffers}.items():
+            best[name][members] = value.detach()[rows]
+
+
+def _stacked_forward(first: SetModel) -> tuple[SetModel, Callable[..., torch.Tensor],
+                                                Callable[..., torch.Tensor]]:
+    """A template copy of `first` and the vmapped logits over stacked members: for training
+    (each member its own batch) and validation (one batch for all)."""
+    # functional_call swaps the stacked slices into this copy; the members stay untouched.
+    template = copy.deepcopy(first)
+    for module in template.modules():  # fused attention has no vmap batching rule on the CPU
+        if hasattr(module, "fused"):
+            module.fused = False
+    logits_kwargs = {"need_maps": False} if takes_need_maps(template) else {}
+
+    def logits_of(p: Tensors, b: Tensors, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return functional_call(template, (p, b), (x, mask),  # type: ignore[no-any-return]
+                               logits_kwargs).logits
+
+    return (template, vmap(logits_of, in_dims=(0, 0, 0, 0), randomness="different"),
+            vmap(logits_of, in_dims=(0, 0, None, None), randomness="different"))
+
+
+def _record_epoch(stopping: list[EarlyStopping], active: np.ndarray, epoch: int,
+                  train_loss: np.ndarray, val_loss: np.ndarray, val_accuracy: np.ndarray,
+                  seconds: float, member_seeds: list[int], spec: TrainSpec,
+                  dataset: SetDataset, progress: ProgressCallback | None
+                  ) -> tuple[list[int], list[int]]:
+    """Each active member's epoch into its history (losses: (A,)); the rows that improved and
+    the rows that stop. Raises TrainingDivergedError on a non-finite validation loss."""
+    improved_rows, stopped_rows = [], []
+    for row, member in enumerate(active.tolist()):
+        if not math.isfinite(val_loss[row]):
+            raise diverged_error(
+                f"ensemble member {member} (seed {member_seeds[member]})", epoch, None,
+                float(val_loss[row]), spec.divergence_threshold, spec.lr,
+                count_nonfinite(dataset.val))
+        improved, stop = stopping[member].record(epoch, float(train_loss[row]),
+                                                 float(val_loss[row]), float(val_accuracy[row]),
+                                                 seconds)
+        if progress is not None:
+            progress(EpochStats(epoch, float(train_loss[row]), float(val_loss[row]),
+                                float(val_accuracy[row]), improved, member))
+        if improved:
+            improved_rows.append(row)
+        if stop:
+            stopped_rows.append(row)
+    return improved_rows, stopped_rows
+
+
+def _restore_best(models: list[SetModel], best: Tensors) -> None:
+    """Load each member's best state (row k of the stacked `best`) and set eval mode."""
+    with torch.no_grad():
+        for k, model in enumerate(models):
+            for name, value in model.state_dict().items():
+                value.copy_(best[name][k])
+            model.eval()
+
+
 def _fit_vectorised(model_spec: ModelSpec, dataset: SetDataset, spec: TrainSpec,
                     member_seeds: list[int], device: torch.device, info: InputInfo,
                     progress: ProgressCallback | None) -> EnsembleResult:
@@ -321,12 +446,7 @@ def _fit_vectorised(model_spec: ModelSpec, dataset: SetDataset, spec: TrainSpec,
     n = len(member_seeds)
     # Initialised on the CPU (as fit does), so a seed starts from the same weights everywhere.
     models = [build_model(model_spec, info, seed=s).to(device) for s in member_seeds]
-    # functional_call swaps the stacked slices into this copy; the members stay untouched.
-    template = copy.deepcopy(models[0])
-    for module in template.modules():  # fused attention has no vmap batching rule on the CPU
-        if hasattr(module, "fused"):
-            module.fused = False
-    logits_kwargs = {"need_maps": False} if takes_need_maps(template) else {}
+    template, train_logits, val_logits = _stacked_forward(models[0])
     params, buffers = stack_module_state(models)  # type: ignore[arg-type]
     train = PaddedSplit.from_split(dataset.train).to(device)
     val = eval_chunks(dataset.val, spec.eval_batch_size, device)
@@ -335,17 +455,9 @@ def _fit_vectorised(model_spec: ModelSpec, dataset: SetDataset, spec: TrainSpec,
     order_rngs = [np.random.default_rng(s) for s in member_seeds]
     optimizer = make_optimizer(params.values(), spec)
 
-    def logits_of(p: Tensors, b: Tensors, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return functional_call(template, (p, b), (x, mask),  # type: ignore[no-any-return]
-                               logits_kwargs).logits
-
-    train_logits = vmap(logits_of, in_dims=(0, 0, 0, 0), randomness="different")
-    val_logits = vmap(logits_of, in_dims=(0, 0, None, None), randomness="different")
-
     best = {name: t.detach().clone() for name, t in {**params, **buffers}.items()}
-    best_loss = np.full(n, math.inf)
-    without_gain = np.zeros(n, dtype=np.int64)
     histories = [History() for _ in range(n)]
+    stopping = [EarlyStopping(h, spec.patience, spec.epochs) for h in histories]
     active = np.arange(n)  # member id of each stacked row
     started = time.perf_counter()
     with seeded(member_seeds[0], device), deterministic(device):
@@ -353,70 +465,17 @@ def _fit_vectorised(model_spec: ModelSpec, dataset: SetDataset, spec: TrainSpec,
             epoch_started = time.perf_counter()
             template.train()
             orders = np.stack([order_rngs[k].permutation(len(train)) for k in active])
-            order_rows = to_device(torch.from_numpy(orders), device)
-            starts = range(0, len(train), spec.batch_size)
-            batch_losses = []
-            for start in starts:
-                index = orders[:, start:start + spec.batch_size]  # (A, b)
-                x, mask, labels = train.batch(index, order_rows[:, start:start + spec.batch_size])
-                total, weight_sum, _ = loss_terms(train_logits(params, buffers, x, mask), labels,
-                                                  weights)
-                losses = total / weight_sum  # (A,) each member's own mean loss
-                batch_losses.append(losses.detach())
-                optimizer.zero_grad(set_to_none=True)
-                losses.sum().backward()
-                if spec.max_grad_norm is not None:
-                    _clip_per_member(params, spec.max_grad_norm)
-                optimizer.step()
-            values = read_losses(batch_losses)  # (n_batches, A)
-            for batch_number, batch_values in enumerate(values):
-                bad = first_diverged(batch_values, spec.divergence_threshold)
-                if bad is not None:
-                    member = int(active[bad])
-                    raise diverged_error(
-                        f"ensemble member {member} (seed {member_seeds[member]})", epoch,
-                        batch_number, float(batch_values[bad]), spec.divergence_threshold,
-                        spec.lr, count_nonfinite(dataset.train))
-            loss_sums = np.zeros(len(active))
-            for start, batch_values in zip(starts, values, strict=True):
-                loss_sums += batch_values * orders[:, start:start + spec.batch_size].shape[1]
+            batches = _StackedBatches(train, orders, spec, device)
+            loss_sums = _vectorised_epoch(train_logits, params, buffers, optimizer, batches,
+                                          weights, spec)
+            _check_losses(batches, active, member_seeds, epoch, spec, dataset)
             template.eval()
             val_loss, val_accuracy = _evaluate_rows(val_logits, params, buffers, val, weights)
             seconds = time.perf_counter() - epoch_started
-            stopped_rows = []
-            improved_rows = []
-            for row, member in enumerate(active.tolist()):
-                if not math.isfinite(val_loss[row]):
-                    raise diverged_error(
-                        f"ensemble member {member} (seed {member_seeds[member]})", epoch, None,
-                        float(val_loss[row]), spec.divergence_threshold, spec.lr,
-                        count_nonfinite(dataset.val))
-                history = histories[member]
-                improved = bool(val_loss[row] < best_loss[member])
-                if improved:
-                    best_loss[member] = val_loss[row]
-                    history.best_epoch = epoch
-                    without_gain[member] = 0
-                    improved_rows.append(row)
-                else:
-                    without_gain[member] += 1
-                history.train_loss.append(float(loss_sums[row] / len(train)))
-                history.val_loss.append(float(val_loss[row]))
-                history.val_accuracy.append(float(val_accuracy[row]))
-                history.epoch_seconds.append(seconds)
-                history.stopped_epoch = epoch
-                if progress is not None:
-                    progress(EpochStats(epoch, history.train_loss[-1], history.val_loss[-1],
-                                        history.val_accuracy[-1], improved, member))
-                if spec.patience is not None and without_gain[member] >= spec.patience:
-                    history.stopped_early = epoch < spec.epochs - 1
-                    stopped_rows.append(row)
-            if improved_rows:
-                rows = torch.tensor(improved_rows, device=device)
-                members = torch.from_numpy(active[improved_rows]).to(device)
-                with torch.no_grad():
-                    for name, value in {**params, **buffers}.items():
-                        best[name][members] = value.detach()[rows]
+            improved_rows, stopped_rows = _record_epoch(
+                stopping, active, epoch, loss_sums / len(train), val_loss, val_accuracy,
+                seconds, member_seeds, spec, dataset, progress)
+            _keep_best(best, params, buffers, improved_rows, active, device)
             if stopped_rows:
                 keep_rows = np.setdiff1d(np.arange(len(active)), stopped_rows)
                 if len(keep_rows) == 0:
@@ -428,11 +487,7 @@ def _fit_vectorised(model_spec: ModelSpec, dataset: SetDataset, spec: TrainSpec,
     wall_time = time.perf_counter() - started
     for history in histories:
         history.wall_time = wall_time
-    with torch.no_grad():
-        for k, model in enumerate(models):
-            for name, value in model.state_dict().items():
-                value.copy_(best[name][k])
-            model.eval()
+    _restore_best(models, best)
     ensemble = Ensemble(models, member_seeds)
     ensemble.eval()
     return EnsembleResult(ensemble, histories)

@@ -147,6 +147,40 @@ ProgressCallback = Callable[[EpochStats], None]
 
 
 @dataclass
+class EarlyStopping:
+    """The early-stopping and history bookkeeping of one model (or one ensemble member):
+    `record` appends an epoch's losses to `history`, tracks the best validation loss and says
+    whether the epoch improved on it and whether `patience` epochs without gain have passed."""
+
+    history: History
+    patience: int | None
+    epochs: int
+    best_loss: float = math.inf
+    without_gain: int = 0
+
+    def record(self, epoch: int, train_loss: float, val_loss: float, val_accuracy: float,
+               seconds: float) -> tuple[bool, bool]:
+        """(improved, stop) after `epoch`; on stop, `history.stopped_early` is set."""
+        history = self.history
+        improved = bool(val_loss < self.best_loss)
+        if improved:
+            self.best_loss = val_loss
+            history.best_epoch = epoch
+            self.without_gain = 0
+        else:
+            self.without_gain += 1
+        history.train_loss.append(train_loss)
+        history.val_loss.append(val_loss)
+        history.val_accuracy.append(val_accuracy)
+        history.epoch_seconds.append(seconds)
+        history.stopped_epoch = epoch
+        stop = self.patience is not None and self.without_gain >= self.patience
+        if stop:
+            history.stopped_early = epoch < self.epochs - 1
+        return improved, stop
+
+
+@dataclass
 class FitResult:
     """The trained model (holding its best validation state) and its history."""
 
@@ -335,6 +369,37 @@ def check_train_spec(train_spec: TrainSpec | None) -> TrainSpec:
     return train_spec
 
 
+def _train_epoch(model: SetModel, train: PaddedSplit, order: np.ndarray,
+                 optimizer: torch.optim.Optimizer, weights: torch.Tensor | None,
+                 spec: TrainSpec, epoch: int, dataset: SetDataset, device: torch.device
+                 ) -> float:
+    """One pass over the training bags in `order` (a permutation of the rows); the summed
+    loss (batch mean x batch size). Raises TrainingDivergedError on a diverged batch."""
+    model.train()
+    rows = to_device(torch.from_numpy(order), device)
+    starts = range(0, len(order), spec.batch_size)
+    batch_losses = []
+    for start in starts:
+        index = order[start:start + spec.batch_size]
+        x, mask, labels = train.batch(index, rows[start:start + spec.batch_size])
+        loss = weighted_cross_entropy(logits_only(model, x, mask), labels, weights)
+        batch_losses.append(loss.detach())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if spec.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
+        optimizer.step()
+    values = read_losses(batch_losses)
+    bad = first_diverged(values, spec.divergence_threshold)
+    if bad is not None:
+        raise diverged_error("training", epoch, bad, float(values[bad]),
+                             spec.divergence_threshold, spec.lr, count_nonfinite(dataset.train))
+    loss_sum = 0.0
+    for start, value in zip(starts, values, strict=True):
+        loss_sum += float(value) * len(order[start:start + spec.batch_size])
+    return loss_sum
+
+
 def fit(model_or_spec: SetModel | ModelSpec, dataset: SetDataset,
         train_spec: TrainSpec | None = None, *,
         progress: ProgressCallback | None = None) -> FitResult:
@@ -366,58 +431,26 @@ def fit(model_or_spec: SetModel | ModelSpec, dataset: SetDataset,
     order_rng = np.random.default_rng(spec.seed)
     optimizer = make_optimizer(model.parameters(), spec)  # after .to: fused Adam is per device
     history = History()
+    stopping = EarlyStopping(history, spec.patience, spec.epochs)
     best_state = snapshot(model)
-    best_loss = math.inf
-    epochs_without_gain = 0
     started = time.perf_counter()
     with seeded(spec.seed, device), deterministic(device):
         for epoch in range(spec.epochs):
             epoch_started = time.perf_counter()
-            model.train()
-            order = order_rng.permutation(len(train))
-            rows = to_device(torch.from_numpy(order), device)
-            starts = range(0, len(order), spec.batch_size)
-            batch_losses = []
-            for start in starts:
-                index = order[start:start + spec.batch_size]
-                x, mask, labels = train.batch(index, rows[start:start + spec.batch_size])
-                loss = weighted_cross_entropy(logits_only(model, x, mask), labels, weights)
-                batch_losses.append(loss.detach())
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if spec.max_grad_norm is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
-                optimizer.step()
-            values = read_losses(batch_losses)
-            bad = first_diverged(values, spec.divergence_threshold)
-            if bad is not None:
-                raise diverged_error("training", epoch, bad, float(values[bad]),
-                                     spec.divergence_threshold, spec.lr,
-                                     count_nonfinite(dataset.train))
-            loss_sum = 0.0
-            for start, value in zip(starts, values, strict=True):
-                loss_sum += float(value) * len(order[start:start + spec.batch_size])
+            loss_sum = _train_epoch(model, train, order_rng.permutation(len(train)), optimizer,
+                                    weights, spec, epoch, dataset, device)
             val_loss, val_accuracy = evaluate(model, val, weights)
             if not math.isfinite(val_loss):
                 raise diverged_error("training", epoch, None, val_loss, spec.divergence_threshold,
                                      spec.lr, count_nonfinite(dataset.val))
-            improved = val_loss < best_loss
+            improved, stop = stopping.record(epoch, loss_sum / len(train), val_loss, val_accuracy,
+                                             time.perf_counter() - epoch_started)
             if improved:
-                best_loss, best_state = val_loss, snapshot(model)
-                history.best_epoch = epoch
-                epochs_without_gain = 0
-            else:
-                epochs_without_gain += 1
-            history.train_loss.append(loss_sum / len(train))
-            history.val_loss.append(val_loss)
-            history.val_accuracy.append(val_accuracy)
-            history.epoch_seconds.append(time.perf_counter() - epoch_started)
-            history.stopped_epoch = epoch
+                best_state = snapshot(model)
             if progress is not None:
                 progress(EpochStats(epoch, history.train_loss[-1], val_loss, val_accuracy,
                                     improved))
-            if spec.patience is not None and epochs_without_gain >= spec.patience:
-                history.stopped_early = epoch < spec.epochs - 1
+            if stop:
                 break
     model.load_state_dict(best_state)
     model.eval()
