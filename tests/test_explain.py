@@ -615,3 +615,25 @@ def test_deletion_rejects_bad_input(bags: list[Bag]) -> None:
         random_deletion_curve(model, batch, n_orders=0)
     with pytest.raises(SpecError, match="output"):
         deletion_curves(model, batch, torch.zeros(batch.mask.shape), output="p")
+
+
+def test_an_mlp_head_keeps_every_method_that_applies(bags: list[Bag]) -> None:
+    """No registered explainer reads the readout's weights: the methods for an attention model
+    are the same with an MLP head, and each runs on it (instance_scores, the one method that
+    reads a per-instance decomposition, applies only to poolings that refuse a head)."""
+    from attnsets.models import HeadSpec
+
+    linear = model_for("attention")
+    mlp = build_model(ModelSpec(pooling="attention", embed_dim=8,
+                                head=HeadSpec(hidden=(8,), dropout=0.15)),
+                      VECTOR_INFO, seed=0)
+    assert available_methods(mlp) == available_methods(linear)
+    from attnsets.explain import EXPLAINERS
+
+    batch = collate(bags[:3])
+    built_in = [name for name in available_methods(mlp)  # not those other tests registered
+                if EXPLAINERS.get(name).fn.__module__.startswith("attnsets.")]
+    assert "attention" in built_in and "shapley" in built_in
+    for method in built_in:
+        scores = explain(mlp, batch, method)
+        assert scores.shape == batch.mask.shape and torch.isfinite(scores).all(), method

@@ -87,6 +87,18 @@ def test_every_torchmil_model_meets_the_pooling_contract(torchmil_names: list[st
     assert "att_dim" in problems[0].allowed
 
 
+def test_torchmil_poolings_refuse_a_readout_head(torchmil_names: list[str]) -> None:
+    from attnsets.models import HeadSpec
+
+    head = HeadSpec(hidden=(8,), dropout=0.15)
+    for name in torchmil_names:
+        assert [p.field for p in ModelSpec(pooling=name, head=head).check()] == ["head"]
+        with pytest.raises(SpecError, match="own bag classifier") as err:
+            build_model(ModelSpec(pooling=name, embed_dim=8, head=head),
+                        InputInfo("vector", (3,), 2))
+        assert err.value.field == "model.head"
+
+
 def test_torchmil_abmil_is_trained_and_audited_by_name(torchmil_names: list[str]) -> None:
     from attnsets.audit import audit
 

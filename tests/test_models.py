@@ -16,6 +16,7 @@ from torch.func import functional_call, grad, stack_module_state, vmap
 from attnsets.errors import SpecError
 from attnsets.models import (
     POOLINGS,
+    HeadSpec,
     InputInfo,
     ModelSpec,
     SetModel,
@@ -584,3 +585,209 @@ def test_chunked_refuses_other_poolings_and_bad_chunks() -> None:
     with pytest.raises(SpecError) as err:
         attention_pool_large(make_model("attention"), np.zeros((2, 10, DIM), dtype=np.float32))
     assert err.value.field == "x"
+
+
+# ---------------------------------------------------------------- readout heads
+
+#: An MLP head with dropout, the form configs use: [Linear, ReLU, Dropout] then Linear.
+MLP_HEAD = HeadSpec(hidden=(16,), dropout=0.15)
+HEAD_POOLINGS = [name for name in ALL_POOLINGS if getattr(POOLINGS.get(name), "accepts_head",
+                                                          False)]
+
+
+def make_head_model(pooling: str, info: InputInfo = VECTOR, seed: int = 0,
+                    head: HeadSpec = MLP_HEAD) -> SetModel:
+    return build_model(ModelSpec(pooling=pooling, embed_dim=EMBED, head=head), info, seed=seed)
+
+
+def test_every_embedding_pooling_takes_a_head_and_instance_scorers_refuse_it() -> None:
+    assert set(HEAD_POOLINGS) == {"mean", "max", "attention", "gated_attention",
+                                  "multihead_attention", "set_transformer", "transformer_cls"}
+    for pooling in ("additive", "instance_max"):
+        with pytest.raises(SpecError) as err:
+            make_head_model(pooling)
+        assert err.value.field == "model.head"
+        assert "per-instance" in err.value.allowed and "attention" in err.value.allowed
+        # the same problem is found without data, by ModelSpec.check
+        problems = ModelSpec(pooling=pooling, head=MLP_HEAD).check()
+        assert [p.field for p in problems] == ["head"]
+        make_head_model(pooling, head=HeadSpec())  # the default head is theirs already
+
+
+@pytest.mark.parametrize("pooling", HEAD_POOLINGS)
+def test_mlp_head_is_the_readout_and_keeps_the_pooling_weights(pooling: str) -> None:
+    linear, mlp = make_model(pooling, seed=4), make_head_model(pooling, seed=4)
+    assert isinstance(linear.pooling.classifier, nn.Linear)
+    layers = list(mlp.pooling.classifier.net)
+    assert [type(m).__name__ for m in layers] == ["Linear", "ReLU", "SeededDropout", "Linear"]
+    assert layers[0].out_features == 16 and layers[-1].out_features == VECTOR.n_classes
+    # The head is built last, so the encoder and pooling start from the same weights either way.
+    mlp_state = mlp.state_dict()
+    for name, value in linear.state_dict().items():
+        if not name.startswith("pooling.classifier."):
+            assert torch.equal(mlp_state[name], value), name
+    # logits = head(pooled embedding): equal to running the head on the default head's input
+    gen = torch.Generator().manual_seed(20)
+    x, mask = torch.randn(2, 5, DIM, generator=gen), torch.tensor([[True] * 5, [True] * 2 + [False] * 3])
+    captured: list[torch.Tensor] = []
+    hook = mlp.pooling.classifier.register_forward_hook(lambda m, i, o: captured.append(i[0]))
+    mlp.eval()
+    with torch.no_grad():
+        out = mlp(x, mask)
+    hook.remove()
+    expected = layers[3](torch.relu(layers[0](captured[0])))
+    assert_close(out.logits, expected)
+
+
+def test_ilse_attention_with_mlp_head_matches_hand_computation() -> None:
+    gen = torch.Generator().manual_seed(21)
+    model = make_head_model("attention", head=HeadSpec(hidden=(6, 5)))
+    pool = model.pooling
+    x = torch.randn(1, 6, DIM, generator=gen)
+    h = model.encode(x)[0]
+    weights = torch.softmax(pool.score(h).squeeze(-1), dim=0)
+    first, _, second, _, last = pool.classifier.net
+    z = weights @ h
+    expected = last(torch.relu(second(torch.relu(first(z)))))
+    assert_close(model(x, torch.ones(1, 6, dtype=torch.bool)).logits[0], expected)
+
+
+@pytest.mark.parametrize("pooling", HEAD_POOLINGS)
+@EXAMPLES
+@given(n=st.integers(1, 10), seed=st.integers(0, 2**16), data=st.data())
+def test_mlp_head_permutation_invariance(pooling: str, n: int, seed: int,
+                                         data: st.DataObject) -> None:
+    perm = torch.tensor(data.draw(st.permutations(range(n))))
+    model = make_head_model(pooling, seed=seed % 3).eval()
+    x = torch.randn(1, n, DIM, generator=torch.Generator().manual_seed(seed))
+    mask = torch.ones(1, n, dtype=torch.bool)
+    out, permuted = model(x, mask), model(x[:, perm], mask)
+    assert_close(permuted.logits, out.logits)
+    for name, value in per_instance_fields(out).items():
+        assert_close(per_instance_fields(permuted)[name], None if value is None else value[..., perm])
+
+
+@pytest.mark.parametrize("pooling", HEAD_POOLINGS)
+@EXAMPLES
+@given(n=st.integers(1, 8), extra=st.integers(1, 6), slot=st.integers(0, 2),
+       seed=st.integers(0, 2**16))
+def test_mlp_head_padding_with_garbage_changes_nothing(pooling: str, n: int, extra: int,
+                                                       slot: int, seed: int) -> None:
+    model = make_head_model(pooling, seed=seed % 3).eval()
+    check_padding_invariance(model, VECTOR, n, n + extra, slot, seed)
+
+
+@pytest.mark.parametrize("pooling", HEAD_POOLINGS)
+def test_vmap_with_dropout_in_the_head_equals_each_member(pooling: str) -> None:
+    """In training mode, with dropout active: every stacked member drops exactly the units it
+    drops alone (seeded dropout), in the forward pass and in the gradients."""
+    gen = torch.Generator().manual_seed(22)
+    models = [make_head_model(pooling, seed=s, head=HeadSpec(hidden=(16,), dropout=0.5))
+              for s in range(3)]
+    mask = torch.tensor([[True] * 5, [True] * 2 + [False] * 3])
+    x = torch.randn(2, 5, DIM, generator=gen)
+    probe = copy.deepcopy(models[0])
+    with torch.no_grad():
+        assert not torch.allclose(probe(x, mask).logits, probe.eval()(x, mask).logits)
+    params, buffers = stack_module_state(models)  # type: ignore[arg-type]
+    skeleton = copy.deepcopy(models[0])  # its pass counter is where every member's is: 0
+    labels = torch.zeros(len(x), dtype=torch.long)
+
+    def logits(p: dict, b: dict) -> torch.Tensor:
+        return functional_call(skeleton, (p, b), (x, mask)).logits
+
+    def loss(p: dict, b: dict) -> torch.Tensor:
+        return F.cross_entropy(logits(p, b), labels)
+
+    stacked = vmap(logits)(params, buffers)  # training pass 0
+    grads = vmap(grad(loss))(params, buffers)  # training pass 1
+    for k, member in enumerate(models):
+        assert_close(stacked[k], member(x, mask).logits)  # pass 0
+        member.zero_grad()
+        F.cross_entropy(member(x, mask).logits, labels).backward()  # pass 1
+        for name, param in member.named_parameters():
+            assert_close(grads[name][k], param.grad, atol=1e-4)
+
+
+def test_seeded_dropout_masks() -> None:
+    from attnsets.models.head import SeededDropout
+
+    torch.manual_seed(0)
+    first, second = SeededDropout(0.25), SeededDropout(0.25)
+    assert int(first.seed) != int(second.seed)
+    x = torch.ones(64, 256)
+    masks = [first(x) != 0 for _ in range(3)]
+    for mask in masks:  # about 1 - p kept, survivors scaled by 1 / (1 - p)
+        assert abs(float(mask.float().mean()) - 0.75) < 0.01
+    out = first(x)
+    assert torch.allclose(out[out != 0], torch.full((1,), 1 / 0.75))
+    assert not torch.equal(masks[0], masks[1])  # a new mask every training pass
+    # neighbouring units and passes are not correlated
+    flat = masks[0].float().flatten()
+    assert abs(float(torch.corrcoef(torch.stack([flat[:-1], flat[1:]]))[0, 1])) < 0.03
+    assert abs(float(torch.corrcoef(torch.stack([flat, masks[1].float().flatten()]))[0, 1])) < 0.03
+    replay = copy.deepcopy(second)
+    assert torch.equal(second(x), replay(x))  # a function of (seed, pass, position) only
+    assert not torch.equal(second(x) != 0, masks[2])
+    assert torch.equal(first.eval()(x), x)
+
+
+@pytest.mark.parametrize(("head", "field"), [
+    ({"hidden": [0]}, "head.hidden"), ({"hidden": "64"}, "head.hidden"),
+    ({"hidden": [64.5]}, "head.hidden"), ({"hidden": [64], "dropout": 1.0}, "head.dropout"),
+    ({"hidden": [64], "dropout": -0.1}, "head.dropout"), ({"dropout": 0.2}, "head.dropout"),
+    ({"hidden": [64], "dropout": True}, "head.dropout"), ({"width": 3}, "head.width"),
+    ([64], "head"),
+])
+def test_bad_heads_name_the_field(head: object, field: str) -> None:
+    with pytest.raises(SpecError) as err:
+        ModelSpec(head=head)  # type: ignore[arg-type]
+    assert err.value.field == field
+
+
+def test_head_config_table_round_trip() -> None:
+    from attnsets.registry import build_dataclass
+
+    spec = build_dataclass(ModelSpec, {"pooling": "attention",
+                                       "head": {"hidden": [64], "dropout": 0.15}}, "")
+    assert spec.head == HeadSpec(hidden=(64,), dropout=0.15)
+    assert spec.to_dict()["head"] == {"hidden": [64], "dropout": 0.15}
+    assert build_dataclass(ModelSpec, spec.to_dict(), "") == spec
+    assert "head" not in ModelSpec().to_dict()  # default: records written before heads agree
+    with pytest.raises(SpecError) as err:
+        build_dataclass(ModelSpec, {"head": {"hidden": [0]}}, "model")
+    assert err.value.field == "model.head.hidden"
+    with pytest.raises(SpecError) as err:
+        make_model("attention", head={"hidden": [4]})
+    assert err.value.field == "model.pooling_params.head"
+
+
+def test_a_user_pooling_without_the_capability_refuses_a_head() -> None:
+    class SumPooling(nn.Module):
+        def __init__(self, in_dim: int, n_classes: int) -> None:
+            super().__init__()
+            self.classifier = nn.Linear(in_dim, n_classes)
+
+        def forward(self, h: torch.Tensor, mask: torch.Tensor) -> SetOutput:
+            return SetOutput(self.classifier((h * mask.unsqueeze(-1)).sum(dim=1)))
+
+    POOLINGS.register("test_sum_head")(SumPooling)
+    try:
+        make_head_model("test_sum_head", head=HeadSpec())
+        with pytest.raises(SpecError, match="accepts_head") as err:
+            make_head_model("test_sum_head")
+        assert err.value.field == "model.head"
+    finally:
+        POOLINGS._items.pop("test_sum_head", None)
+
+
+@pytest.mark.parametrize("pooling", ["attention", "gated_attention"])
+def test_chunked_pass_with_mlp_head_equals_plain_forward(pooling: str) -> None:
+    gen = torch.Generator().manual_seed(23)
+    model = make_head_model(pooling, InputInfo("vector", (DIM,), 4)).eval()
+    x = torch.randn(5_000, DIM, generator=gen)
+    with torch.no_grad():
+        plain = model(x.unsqueeze(0), torch.ones(1, len(x), dtype=torch.bool))
+    chunked = attention_pool_large(model, x, chunk_size=1_001)
+    assert_close(chunked.logits, plain.logits)
+    assert_close(chunked.attention, plain.attention)

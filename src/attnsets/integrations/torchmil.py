@@ -30,6 +30,8 @@ How a torchmil model meets our contract (`TorchmilHead`):
   takes no mask, so the padded rows still take part in its self-attention and its square
   re-padding, and its prediction changes with the amount of padding. The padding probe of the
   audit (`attnsets.models.user.probe_model`) reports that.
+- Readout heads: a torchmil model ends in its own bag classifier, so the registered names refuse
+  a non-default ``head`` (``[[models]] head = {...}``) with a SpecError at ``model.head``.
 - Training is attnsets' own (the bag cross-entropy for every model): DSMIL's bag logit is its
   own prediction rule, the mean of the bag-classifier logit and the largest instance logit
   (so its instance classifier is trained too); CLAM_SB's instance clustering loss is not
@@ -215,6 +217,10 @@ def _factory(name: str, entry: TorchmilEntry) -> Callable[..., TorchmilHead]:
                   for p in ("in_dim", "n_classes")]
     make.__signature__ = inspect.Signature([*positional, *_parameters(entry)])  # type: ignore[attr-defined]
     make.__name__ = make.__qualname__ = name
+    # the torchmil model ends in its own classifier, so an attnsets readout head has no place
+    make.accepts_head = False  # type: ignore[attr-defined]
+    make.head_refusal = (f"torchmil's {entry.model} ends in its own bag classifier (set its "  # type: ignore[attr-defined]
+                         "width through its own pooling_params)")
     make.__doc__ = f"{entry.about}. torchmil.models.{entry.model} behind TorchmilHead."
     return make
 

@@ -9,6 +9,8 @@ no data-dependent Python control flow) so ensembles can train in one vectorised 
 from __future__ import annotations
 
 import inspect
+import numbers
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -62,9 +64,62 @@ class InputInfo:
 
 
 @dataclass(frozen=True)
+class HeadSpec:
+    """The readout after pooling: [Linear(in, h_1), ReLU, Dropout(dropout)] for each width h_k
+    of `hidden`, then Linear(h_k, n_classes). The default (no hidden layer) is one Linear layer,
+    the readout every pooling had before heads existed.
+
+    Why it matters: after one softmax attention head a linear readout makes the bag logit an
+    attention-weighted average of per-instance logits (a count, not a conjunction); a hidden
+    layer after pooling can represent "A and B" (docs/concepts.md)."""
+
+    hidden: tuple[int, ...] = ()
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        hidden = self.hidden
+        if isinstance(hidden, str | bytes) or not isinstance(hidden, Sequence):
+            raise SpecError("head.hidden", hidden, "a list of hidden widths, integers >= 1 "
+                            "(e.g. [64]; [] for a single linear layer)")
+        object.__setattr__(self, "hidden", tuple(require_int("head.hidden", w) for w in hidden))
+        dropout = self.dropout
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) \
+                or not 0.0 <= float(dropout) < 1.0:
+            raise SpecError("head.dropout", dropout, "a number in [0, 1)")
+        if dropout and not self.hidden:
+            raise SpecError("head.dropout", dropout, "0 when head.hidden is empty (dropout "
+                            "follows each hidden layer; a single linear layer has none)")
+        object.__setattr__(self, "dropout", float(dropout))
+
+    @property
+    def is_linear(self) -> bool:
+        """True for the default: one Linear layer from the pooled embedding to the logits."""
+        return not self.hidden
+
+    @staticmethod
+    def from_value(value: Any) -> HeadSpec:
+        """A HeadSpec from a HeadSpec or a config table ``{hidden = [64], dropout = 0.15}``;
+        SpecError at ``head`` / ``head.<key>`` otherwise."""
+        if isinstance(value, HeadSpec):
+            return value
+        if not isinstance(value, Mapping):
+            raise SpecError("head", value, "a table {hidden = [widths], dropout = p}")
+        allowed = ["hidden", "dropout"]
+        for key in value:
+            if key not in allowed:
+                raise SpecError(f"head.{key}", value[key], f"parameters {allowed}")
+        return HeadSpec(**value)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"hidden": list(self.hidden), "dropout": self.dropout}
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """pooling / encoder: registered names; *_params: their parameters. encoder=None picks the
-    default for the data kind. embed_dim: width of the instance embedding h: (B, N, embed_dim)."""
+    default for the data kind. embed_dim: width of the instance embedding h: (B, N, embed_dim).
+    head: the readout after pooling (HeadSpec; a config table ``{hidden = [64], dropout = 0.15}``
+    is accepted); poolings that score instances refuse any but the default."""
 
     pooling: str = "attention"
     encoder: str | None = None
@@ -74,8 +129,10 @@ class ModelSpec:
     #: Parameters per encoder name, used only when that encoder is picked: one model entry can
     #: serve vector, image and sequence datasets (e.g. {"cnn": {"channels": [8, 16]}}).
     per_encoder: dict[str, dict[str, Any]] = field(default_factory=dict)
+    head: HeadSpec = HeadSpec()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "head", HeadSpec.from_value(self.head))
         Interval(int, 1).require(self.embed_dim, "embed_dim")
         for name, params in self.per_encoder.items():
             if name not in ENCODERS:
@@ -98,16 +155,43 @@ class ModelSpec:
                 errors.append(SpecError(field_name, name, f"one of {registry.names()}"))
                 continue
             allowed = [p for p in inspect.signature(registry.get(name)).parameters
-                       if p not in ("info", "out_dim", "in_dim", "n_classes")]
+                       if p not in FIXED_PARAMETERS]
             errors += [SpecError(f"{params_field}.{param}", value, f"parameters {allowed}")
                        for param, value in params.items() if param not in allowed]
+        if self.pooling in POOLINGS:
+            problem = head_problem(POOLINGS.get(self.pooling), self.pooling, self.head)
+            errors += [problem] if problem is not None else []
         return errors
 
     def to_dict(self) -> dict[str, Any]:
-        return {"pooling": self.pooling, "encoder": self.encoder, "embed_dim": self.embed_dim,
+        data = {"pooling": self.pooling, "encoder": self.encoder, "embed_dim": self.embed_dim,
                 "pooling_params": dict(self.pooling_params),
                 "encoder_params": dict(self.encoder_params),
                 "per_encoder": {k: dict(v) for k, v in self.per_encoder.items()}}
+        # Absent at the default, so checkpoints and records written before heads stay equal.
+        if self.head != HeadSpec():
+            data["head"] = self.head.to_dict()
+        return data
+
+
+#: Constructor arguments build_model passes itself (never read from *_params).
+FIXED_PARAMETERS = ("info", "out_dim", "in_dim", "n_classes", "head")
+
+
+def head_problem(pooling_factory: Any, name: str, head: HeadSpec) -> SpecError | None:
+    """A SpecError at ``head`` if the pooling cannot take `head`, else None.
+
+    The capability is the pooling's class attribute ``accepts_head`` (True: its constructor
+    takes ``head: HeadSpec`` and reads the pooled embedding through it); poolings without it
+    take only the default head. ``head_refusal`` may say why a pooling refuses one."""
+    if head == HeadSpec() or getattr(pooling_factory, "accepts_head", False):
+        return None
+    reason = getattr(pooling_factory, "head_refusal",
+                     "it does not declare accepts_head = True")
+    accepting = [n for n, f in POOLINGS.items() if getattr(f, "accepts_head", False)]
+    return SpecError("head", head.to_dict(),
+                     f"the default head (one linear layer) for pooling {name!r}: {reason}; "
+                     f"poolings that take a head: {accepting}")
 
 
 class SetModel(nn.Module):
@@ -172,14 +256,19 @@ def build_model(spec: ModelSpec, info: InputInfo, seed: int | None = None) -> Se
         raise SpecError("model.encoder", None, f"an encoder name for data kind {info.kind!r}")
     encoder_cls = ENCODERS.get(encoder_name, "model.encoder")
     pooling_cls = POOLINGS.get(spec.pooling, "model.pooling")
+    problem = head_problem(pooling_cls, spec.pooling, spec.head)
+    if problem is not None:
+        raise problem.with_prefix("model")
+    pooling_fixed: dict[str, Any] = {"in_dim": spec.embed_dim, "n_classes": info.n_classes}
+    if getattr(pooling_cls, "accepts_head", False):
+        pooling_fixed["head"] = spec.head
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
         params = {**spec.per_encoder.get(encoder_name, {}), **spec.encoder_params}
         encoder = construct(encoder_cls, "model.encoder_params",
                             {"info": info, "out_dim": spec.embed_dim}, params)
-        pooling = construct(pooling_cls, "model.pooling_params",
-                            {"in_dim": spec.embed_dim, "n_classes": info.n_classes},
+        pooling = construct(pooling_cls, "model.pooling_params", pooling_fixed,
                             spec.pooling_params)
     return SetModel(encoder, pooling, spec, info)
 

@@ -4,8 +4,10 @@ The bag is encoded and scored chunk by chunk while an online softmax keeps a run
 m, the running normaliser l = sum_i exp(s_i - m) and the running weighted sum
 z = sum_i exp(s_i - m) h_i; when a chunk raises the maximum, l and z are rescaled by
 exp(m_old - m_new). Only the scalar scores and norms of all N instances are kept (8 bytes per
-instance), plus one chunk of activations. Everything is computed and accumulated on the model's
-device; a bag held on the host (an array, a memmap, a CPU tensor) is moved there chunk by chunk.
+instance), plus one chunk of activations. The pooled embedding goes through the pooling's
+readout head (a linear layer or an MLP, see HeadSpec) as in the plain forward pass.
+Everything is computed and accumulated on the model's device; a bag held on the host (an array, a
+memmap, a CPU tensor) is moved there chunk by chunk.
 """
 
 from __future__ import annotations

@@ -11,6 +11,12 @@ Poolings with diagnostic outputs also define the perturbation fast path (see
 of width n allocates in it, which perturbation passes use to size their chunks. The class
 attribute ``permutation_invariant = True`` (every pooling here) allows those passes to evaluate a
 sub-bag at its own width, its instances moved to the front of a narrower batch.
+
+Readout heads: a pooling that pools an embedding z and reads it out declares the class
+attribute ``accepts_head = True`` and takes ``head: HeadSpec`` (built by
+`attnsets.models.head.build_readout` as its ``classifier``: one Linear layer by default, an MLP
+otherwise). Poolings whose logits are made of per-instance class scores (additive,
+instance_max) declare ``accepts_head = False`` and a ``head_refusal`` saying why.
 The transformer poolings live in `attnsets.models.set_transformer`.
 """
 
@@ -21,7 +27,8 @@ import math
 import torch
 from torch import nn
 
-from attnsets.models.base import POOLINGS, SetOutput, masked_softmax, require_int
+from attnsets.models.base import POOLINGS, HeadSpec, SetOutput, masked_softmax, require_int
+from attnsets.models.head import build_readout
 
 
 def zero_padding(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -50,13 +57,14 @@ def widest_linear(module: nn.Module) -> int:
 
 @POOLINGS.register("mean")
 class MeanPooling(nn.Module):
-    """Baseline: z = mean of the real h_i; logits = W z. No attention."""
+    """Baseline: z = mean of the real h_i; logits = head(z). No attention."""
 
     permutation_invariant = True
+    accepts_head = True
 
-    def __init__(self, in_dim: int, n_classes: int) -> None:
+    def __init__(self, in_dim: int, n_classes: int, head: HeadSpec = HeadSpec()) -> None:
         super().__init__()
-        self.classifier = nn.Linear(in_dim, n_classes)
+        self.classifier = build_readout(head, in_dim, n_classes)
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> SetOutput:
         count = mask.sum(dim=1, keepdim=True).clamp(min=1).to(h.dtype)  # (B, 1)
@@ -66,13 +74,14 @@ class MeanPooling(nn.Module):
 
 @POOLINGS.register("max")
 class MaxPooling(nn.Module):
-    """Baseline: z = feature-wise max over the real h_i; logits = W z. No attention."""
+    """Baseline: z = feature-wise max over the real h_i; logits = head(z). No attention."""
 
     permutation_invariant = True
+    accepts_head = True
 
-    def __init__(self, in_dim: int, n_classes: int) -> None:
+    def __init__(self, in_dim: int, n_classes: int, head: HeadSpec = HeadSpec()) -> None:
         super().__init__()
-        self.classifier = nn.Linear(in_dim, n_classes)
+        self.classifier = build_readout(head, in_dim, n_classes)
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> SetOutput:
         return SetOutput(self.classifier(masked_max(zero_padding(h, mask), mask)))
@@ -85,6 +94,7 @@ class SoftmaxAttentionPooling(nn.Module):
     bags too large to pad."""
 
     classifier: nn.Module
+    accepts_head = True
 
     def attention_logits(self, h: torch.Tensor) -> torch.Tensor:
         """h: (B, N, D) -> unnormalised attention scores (B, N)."""
@@ -119,16 +129,18 @@ class SoftmaxAttentionPooling(nn.Module):
 
 @POOLINGS.register("attention")
 class AttentionPooling(SoftmaxAttentionPooling):
-    """Ilse et al. 2018: a_i = softmax_i(w^T tanh(V h_i)); z = sum_i a_i h_i; logits = W z."""
+    """Ilse et al. 2018: a_i = softmax_i(w^T tanh(V h_i)); z = sum_i a_i h_i; logits = head(z)
+    (W z for the default head)."""
 
     permutation_invariant = True
 
-    def __init__(self, in_dim: int, n_classes: int, attention_dim: int = 64) -> None:
+    def __init__(self, in_dim: int, n_classes: int, attention_dim: int = 64,
+                 head: HeadSpec = HeadSpec()) -> None:
         super().__init__()
         attention_dim = require_int("attention_dim", attention_dim)
         self.score = nn.Sequential(nn.Linear(in_dim, attention_dim), nn.Tanh(),
                                    nn.Linear(attention_dim, 1))
-        self.classifier = nn.Linear(in_dim, n_classes)
+        self.classifier = build_readout(head, in_dim, n_classes)
 
     def attention_logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.score(h).squeeze(-1)
@@ -140,13 +152,14 @@ class GatedAttentionPooling(SoftmaxAttentionPooling):
 
     permutation_invariant = True
 
-    def __init__(self, in_dim: int, n_classes: int, attention_dim: int = 64) -> None:
+    def __init__(self, in_dim: int, n_classes: int, attention_dim: int = 64,
+                 head: HeadSpec = HeadSpec()) -> None:
         super().__init__()
         attention_dim = require_int("attention_dim", attention_dim)
         self.content = nn.Linear(in_dim, attention_dim)  # V
         self.gate = nn.Linear(in_dim, attention_dim)  # U
         self.weight = nn.Linear(attention_dim, 1)  # w
-        self.classifier = nn.Linear(in_dim, n_classes)
+        self.classifier = build_readout(head, in_dim, n_classes)
 
     def attention_logits(self, h: torch.Tensor) -> torch.Tensor:
         gated = torch.tanh(self.content(h)) * torch.sigmoid(self.gate(h))
@@ -156,14 +169,16 @@ class GatedAttentionPooling(SoftmaxAttentionPooling):
 @POOLINGS.register("multihead_attention")
 class MultiHeadAttentionPooling(nn.Module):
     """H independent Ilse attentions: head k scores s_ki = q_k^T tanh(V_k h_i) with its own
-    learned query q_k, a_k = softmax_i(s_k), z_k = sum_i a_ki (P_k h_i); logits = W [z_1..z_H].
+    learned query q_k, a_k = softmax_i(s_k), z_k = sum_i a_ki (P_k h_i); logits =
+    head([z_1..z_H]) (W [z_1..z_H] for the default head).
 
     head_attention: (B, H, N), each head a distribution over the real instances."""
 
     permutation_invariant = True
+    accepts_head = True
 
     def __init__(self, in_dim: int, n_classes: int, heads: int = 4, attention_dim: int = 32,
-                 head_dim: int | None = None) -> None:
+                 head_dim: int | None = None, head: HeadSpec = HeadSpec()) -> None:
         super().__init__()
         self.heads = require_int("heads", heads)
         attention_dim = require_int("attention_dim", attention_dim)
@@ -173,7 +188,7 @@ class MultiHeadAttentionPooling(nn.Module):
         self.queries = nn.Parameter(_init_uniform(torch.empty(self.heads, attention_dim),
                                                   attention_dim))
         self.values = nn.Linear(in_dim, self.heads * self.head_dim)  # all P_k at once
-        self.classifier = nn.Linear(self.heads * self.head_dim, n_classes)
+        self.classifier = build_readout(head, self.heads * self.head_dim, n_classes)
 
     def _pool(self, h: torch.Tensor, mask: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -227,6 +242,9 @@ class AdditivePooling(nn.Module):
     attention_norm uses ||c_i|| = a_i ||p(h_i)||, the vector that is summed."""
 
     permutation_invariant = True
+    accepts_head = False
+    head_refusal = ("its logits are the sum of per-instance class contributions (set the "
+                    "instance classifier's width with pooling_params.hidden)")
 
     def __init__(self, in_dim: int, n_classes: int, attention_dim: int = 64,
                  hidden: int = 32) -> None:
@@ -267,6 +285,9 @@ class InstanceMaxPooling(nn.Module):
     (per class). instance_scores: (B, N, C), 0 at padding. No attention."""
 
     permutation_invariant = True
+    accepts_head = False
+    head_refusal = ("its logits are the max of per-instance class scores (set the instance "
+                    "classifier's width with pooling_params.hidden)")
 
     def __init__(self, in_dim: int, n_classes: int, hidden: int = 0) -> None:
         super().__init__()

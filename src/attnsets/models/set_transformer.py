@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnsets.errors import SpecError
-from attnsets.models.base import POOLINGS, SetOutput, masked_softmax, require_int
+from attnsets.models.base import POOLINGS, HeadSpec, SetOutput, masked_softmax, require_int
+from attnsets.models.head import build_readout
 from attnsets.models.pooling import zero_padding
 
 
@@ -175,7 +176,7 @@ def _head_dim(dim: int, heads: int, head_dim: int | None) -> int:
 @POOLINGS.register("set_transformer")
 class SetTransformerPooling(nn.Module):
     """Lee et al. 2019: `layers` ISAB blocks with `inducing` points, then PMA with one seed:
-    z = MAB(s, rFF(X)); logits = W z.
+    z = MAB(s, rFF(X)); logits = head(z) (W z for the default head).
 
     attention: (B, N) the seed's attention over instances, mean over heads; attention_norm uses
     ||W_O^h v_hi|| per head. layer_attention: one (B, 1, N+1, N+1) map per ISAB (head-averaged
@@ -184,10 +185,11 @@ class SetTransformerPooling(nn.Module):
     PMA does not change."""
 
     permutation_invariant = True
+    accepts_head = True
 
     def __init__(self, in_dim: int, n_classes: int, heads: int = 4, inducing: int = 8,
                  layers: int = 2, head_dim: int | None = None, ff_dim: int | None = None,
-                 layer_norm: bool = True) -> None:
+                 layer_norm: bool = True, head: HeadSpec = HeadSpec()) -> None:
         super().__init__()
         heads = require_int("heads", heads)
         inducing = require_int("inducing", inducing)
@@ -201,7 +203,7 @@ class SetTransformerPooling(nn.Module):
         self.seed = nn.Parameter(nn.init.xavier_uniform_(torch.empty(1, in_dim)))
         self.pool_ff = nn.Sequential(nn.Linear(in_dim, in_dim), nn.ReLU())
         self.pool = MAB(in_dim, heads, head_dim, ff_dim, layer_norm)
-        self.classifier = nn.Linear(in_dim, n_classes)
+        self.classifier = build_readout(head, in_dim, n_classes)
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> SetOutput:
         x = zero_padding(h, mask)
@@ -271,16 +273,18 @@ class TransformerLayer(nn.Module):
 @POOLINGS.register("transformer_cls")
 class TransformerClsPooling(nn.Module):
     """Self-attention over [class token; instances] (no positions: permutation invariant);
-    logits = W LN(final class token).
+    logits = head(LN(final class token)) (W LN(...) for the default head).
 
     attention: (B, N) the class token's attention to the instances in the last layer, mean over
     heads. It is not renormalised: it sums to 1 minus the class token's attention to itself.
     layer_attention: every layer's (B, H, N+1, N+1) map, token 0 the class token."""
 
     permutation_invariant = True
+    accepts_head = True
 
     def __init__(self, in_dim: int, n_classes: int, heads: int = 4, layers: int = 2,
-                 head_dim: int | None = None, ff_dim: int | None = None) -> None:
+                 head_dim: int | None = None, ff_dim: int | None = None,
+                 head: HeadSpec = HeadSpec()) -> None:
         super().__init__()
         heads = require_int("heads", heads)
         layers = require_int("layers", layers)
@@ -290,7 +294,7 @@ class TransformerClsPooling(nn.Module):
         self.layers = nn.ModuleList(TransformerLayer(in_dim, heads, head_dim, ff_dim)
                                     for _ in range(layers))
         self.final_norm = nn.LayerNorm(in_dim)
-        self.classifier = nn.Linear(in_dim, n_classes)
+        self.classifier = build_readout(head, in_dim, n_classes)
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> SetOutput:
         h = zero_padding(h, mask)

@@ -6,9 +6,11 @@ member's mean batch loss, so member k's gradient is exactly the gradient of its 
 one Adam over the stacked tensors (elementwise) moves every member as its own Adam would.
 Member k uses init seed seeds[k] and the data order of numpy.random.default_rng(seeds[k]), the
 same as ``fit(spec, dataset, TrainSpec(seed=seeds[k]))``; only padding differs (batches of all
-members are padded to a common size), so results agree up to float rounding. Members with
-dropout draw different masks than a lone fit would. Members that early-stop are removed from
-the stacked pass (with their Adam state) and keep their best validation state.
+members are padded to a common size), so results agree up to float rounding. Dropout in a
+readout head (`attnsets.models.head.SeededDropout`) draws its masks from each member's own seed
+buffer, so members drop exactly what a lone fit drops; a user module with torch's nn.Dropout
+draws different masks than a lone fit would (vmap's randomness="different"). Members that
+early-stop are removed from the stacked pass (with their Adam state) and keep their best validation state.
 Members must not update buffers while training (e.g. BatchNorm running statistics): vmap
 cannot write them back.
 Device: as fit, the pass runs on ``TrainSpec.device``; members are initialised on the CPU and
