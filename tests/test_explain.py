@@ -446,6 +446,7 @@ def test_token_sequences_are_attributed_at_the_embedding() -> None:
     ("attention", {}), ("gradient", {}), ("grad_x_input", {}),
     ("integrated_gradients", {"n_steps": 32}), ("leave_one_out", {}), ("single", {}),
     ("shapley", {"n_samples": 16, "output": "logit"}), ("shapley", {"exact": True}),
+    ("milli", {"n_samples": 1000}),
 ])
 def test_decisive_instance_ranked_first(method: str, options: dict[str, object]) -> None:
     model = handcrafted_model()

@@ -43,6 +43,15 @@ OPTIONS: list[tuple[str, str, Any, bool]] = [
     ("shapley", "memory_mb", 0.01, False),
     ("shapley", "sampler", "permutation", True),
     ("shapley", "antithetic", False, True),
+    ("milli", "n_samples", 20, True),
+    ("milli", "alpha", 0.3, True),
+    ("milli", "beta", 0.5, True),
+    ("milli", "seed", 7, True),
+    ("milli", "paired", False, True),
+    ("milli", "order_class", None, True),
+    ("milli", "output", "logit", True),
+    ("milli", "max_batch", 2, False),
+    ("milli", "memory_mb", 0.01, False),
 ]
 SAMPLED_SHAPLEY = {"exact": False, "n_samples": 8}
 

@@ -641,3 +641,46 @@ def test_metric_dict_is_plain_dict_and_pickles() -> None:
     assert isinstance(clone, dict) and list(clone) == list(report)
     np.testing.assert_equal(dict(clone), dict(report))
     assert clone.reasons == report.reasons
+
+
+def brute_signed_ndcg(scores: np.ndarray, gains: np.ndarray) -> float:
+    """MILLI's NDCG@n from its definition, averaged over every order of tied scores: gains in
+    {+1, 0, -1}, n = number of +1, ideal = the n witnesses first."""
+    import itertools
+
+    n = int((gains > 0).sum())
+    ideal = sum(1 / math.log2(r + 2) for r in range(n))
+    values = []
+    for order in itertools.permutations(range(len(scores))):
+        ranked = [i for i in order]
+        ranked.sort(key=lambda i: -scores[i])  # stable: ties keep this permutation's order
+        values.append(sum(gains[i] / math.log2(r + 2) for r, i in enumerate(ranked[:n])))
+    return float(np.mean(values)) / ideal
+
+
+def test_signed_ndcg_matches_brute_force_and_milli_bag_rules() -> None:
+    rng = np.random.default_rng(3)
+    scores = np.round(rng.normal(size=(40, 6)), 1)  # rounding makes ties
+    evidence = rng.choice([-1, 0, 1], size=(40, 6), p=[0.3, 0.4, 0.3])
+    evidence[0] = 1  # an all-witness bag: kept by MILLI's rule, dropped by ours
+    mask = np.ones((40, 6), dtype=bool)
+    mask[1, 2:] = False  # a bag of 2: MILLI skips it
+    signed = ndcg_at_k(scores, evidence, mask, gains="signed", bags="milli")
+    for b in range(40):
+        real = mask[b]
+        if real.sum() <= 2 or not (evidence[b][real] > 0).any():
+            assert np.isnan(signed.values[b])
+            continue
+        expected = brute_signed_ndcg(scores[b][real], evidence[b][real])
+        assert signed.values[b] == pytest.approx(expected, abs=1e-9)
+    assert signed.values[0] == pytest.approx(1.0)
+    assert signed.excluded.get("small_bag") == 1
+    assert (signed.values[~np.isnan(signed.values)] < 0).any()  # refuters ranked first cost
+    binary = ndcg_at_k(scores, evidence, mask)
+    assert np.isnan(binary.values[0])  # all-witness bag excluded by default
+    assert ndcg_at_k(scores, np.maximum(evidence, 0), mask, gains="signed").values[2:] \
+        == pytest.approx(binary.values[2:], nan_ok=True)
+    with pytest.raises(SpecError, match="gains"):
+        ndcg_at_k(scores, evidence, mask, gains="graded")
+    with pytest.raises(SpecError, match="bags"):
+        ndcg_at_k(scores, evidence, mask, bags="all")

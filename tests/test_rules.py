@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from attnsets.data import RULES, DatasetSpec, SetDataset, make_dataset
 from attnsets.data.bags import BagSplit
 from attnsets.data.generate import build_rule
-from attnsets.data.spec import load_config
+from attnsets.data.spec import WitnessSpec, load_config
 from attnsets.errors import SpecError, SpecErrors
 
 #: Classes whose bags must hold at least one +1 instance for their own label (and the others none).
@@ -93,7 +93,8 @@ def rule_params(draw: st.DrawFn, name: str, ids: list[int]) -> dict[str, Any]:
         return {"key": one_or_two, "r": r}
     if name == "four_bags":
         return {"a": ids[0], "b": draw(st.sampled_from([ids[1], ids[1:3]])),
-                "evidence_convention": draw(st.sampled_from(["attnsets", "milli"]))}
+                "evidence_convention": draw(st.sampled_from(["attnsets", "milli"])),
+                "construction": draw(st.sampled_from(["attnsets", "milli"]))}
     if name == "pos_neg":
         p = draw(st.integers(1, 2))
         params = {"positive": ids[:p], "negative": ids[p:p + draw(st.integers(1, 2))]}
@@ -415,6 +416,36 @@ def test_four_bags_milli_convention_supports_class_0_with_the_background() -> No
     for bag in train:  # a class 0 bag is background only: every instance is a witness
         if bag.label == 0:
             assert (bag.evidence[:, 0] == 1).all()
+
+
+def test_four_bags_milli_construction_is_a_sliding_window_of_draws() -> None:
+    rule = RULES.build("four_bags", {"a": 8, "b": 9, "construction": "milli"})
+    rng = np.random.default_rng(0)
+    counts = {1: [], 3: []}
+    for label in (0, 1, 2, 3):
+        for _ in range(600 if label in counts else 50):
+            concepts = rule.sample_concepts(label, 30, 10, WitnessSpec(count=(1, 1)), "train",
+                                            rng)
+            assert len(concepts) == 30 and rule.label(concepts) == label
+            if label in counts:
+                counts[label].append(int(np.isin(concepts, [8, 9]).sum()))
+    # class 1: the first window of 30 holds >= 1 eight with probability 1 - 0.9^30; then its
+    # count is Binomial(30, 0.1) given >= 1, else the window slides until one 8 enters:
+    # E = 30 * 0.1 + 0.9^30 * 1 = 3.042
+    assert np.mean(counts[1]) == pytest.approx(3.0 + 0.9**30, abs=0.2)
+    # class 3 needs an 8 and a 9: at least 2 marked draws, more than class 1 on average
+    assert min(counts[3]) >= 2 and np.mean(counts[3]) > np.mean(counts[1])
+    spec = spec_for({"name": "four_bags", "a": 8, "b": 9, "construction": "milli",
+                     "evidence_convention": "milli"},
+                    bag_size={"kind": "normal", "mean": 30, "sd": 2, "min": 2},
+                    pool={"name": "gaussian", "dim": 2, "num_concepts": 10})
+    data = make_dataset(spec)
+    for bag in data.train:
+        assert bag.label == int((bag.concepts == 8).any()) + 2 * int((bag.concepts == 9).any())
+    with pytest.raises(SpecError, match="discriminative_probability"):
+        RULES.build("four_bags", {"construction": "milli", "discriminative_probability": 0})
+    with pytest.raises(SpecError, match="construction"):
+        RULES.build("four_bags", {"construction": "ilse"})
 
 
 def test_multi_concept_poison_needs_both_and_moves_the_poison() -> None:

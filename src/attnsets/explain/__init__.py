@@ -4,7 +4,7 @@
 padding. Methods live in the EXPLAINERS registry; importing this package registers the built-ins.
 """
 
-from attnsets.explain import attention, gradients, perturbation  # noqa: F401  (registers)
+from attnsets.explain import attention, gradients, milli, perturbation  # noqa: F401  (registers)
 from attnsets.explain.base import (
     ALIASES,
     EXPLAINERS,

@@ -252,6 +252,79 @@ def sampled_shapley(context: ExplainContext, n_samples: int, seed: int, output: 
     return (after - before).mean(dim=1)
 
 
+def coalition_sizes_for(sizes: torch.Tensor, n_samples: int, seed: int, antithetic: bool
+                        ) -> torch.Tensor:
+    """(B, S) coalition sizes in 1..n_b-1, systematically spread over the uniform size law (grid
+    point j of K covers [j/K, (j+1)/K), one seeded offset); antithetic: each followed by the
+    size of its complement, n_b - t."""
+    grid = math.ceil(n_samples / 2) if antithetic else n_samples
+    offset = float(np.random.default_rng([seed, 1]).random())
+    points = (torch.arange(grid, device=sizes.device, dtype=torch.float64) + offset) / grid
+    drawn = 1 + (points[None, :] * (sizes[:, None] - 1).clamp(min=0)).floor().long()  # (B, K)
+    if not antithetic:
+        return drawn
+    paired = torch.empty(len(sizes), n_samples, dtype=torch.int64, device=sizes.device)
+    paired[:, 0::2] = drawn
+    paired[:, 1::2] = sizes[:, None] - drawn[:, :n_samples // 2]
+    return paired
+
+
+def coalition_sub_bags(mask: torch.Tensor, members: torch.Tensor, n_samples: int
+                       ) -> tuple[MaskBuilder, torch.Tensor]:
+    """The sub-bags coalition_shapley evaluates, as (mask builder, needed (B, V)).
+
+    members: (B, S, N) bool coalitions T. Variants: n_samples blocks of n + 1 (T, then T with
+    instance j flipped), then n + 1 leave-one-out (full bag, bag - j), then n singles {j},
+    then the empty bag: V = n_samples (n + 1) + 2 n + 2."""
+    n_bags, n = mask.shape
+    positions = torch.arange(n, device=mask.device)
+    loo_start = n_samples * (n + 1)
+    single_start, empty = loo_start + n + 1, loo_start + 2 * n + 1
+
+    def sub_bag(bag: torch.Tensor, variant: torch.Tensor) -> torch.Tensor:
+        sample, j = (variant // (n + 1)).clamp(max=n_samples - 1), variant % (n + 1)
+        flip = positions[None, :] == (j - 1)[:, None]
+        in_sample = (members[bag, sample] ^ flip) & mask[bag]
+        loo = mask[bag] & (positions[None, :] != (variant - loo_start - 1)[:, None])
+        single = positions[None, :] == (variant - single_start)[:, None]
+        out = torch.where((variant < loo_start)[:, None], in_sample, loo)
+        out = torch.where(((variant >= single_start) & (variant < empty))[:, None], single, out)
+        return out & (variant < empty)[:, None]
+
+    with_base = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)  # (B, 1 + N)
+    needed = torch.cat([with_base[:, None, :].expand(n_bags, n_samples, n + 1)
+                        .reshape(n_bags, -1), with_base, mask, torch.ones_like(mask[:, :1])],
+                       dim=1)
+    return sub_bag, needed
+
+
+def coalition_combine(values: torch.Tensor, mask: torch.Tensor, members: torch.Tensor,
+                      coalition_sizes: torch.Tensor) -> torch.Tensor:
+    """phi (B, N) float64 from the values (B, V) of coalition_sub_bags' variants: exact outer
+    strata, the mean middle-stratum marginal, then the efficiency shift."""
+    n_bags, n_samples, n = members.shape
+    sizes = mask.sum(dim=1)
+    loo_start = n_samples * (n + 1)
+    single_start, empty = loo_start + n + 1, loo_start + 2 * n + 1
+    at = values[:, :loo_start].reshape(n_bags, n_samples, n + 1)
+    full, without = values[:, loo_start], values[:, loo_start + 1:single_start]
+    alone, empty_value = values[:, single_start:empty], values[:, empty]
+    base, flipped = at[:, :, :1], at[:, :, 1:]
+    gains = torch.where(members, base - flipped, flipped - base)  # (B, S, N)
+    stratum = coalition_sizes[..., None] - members.long()  # |coalition without i|
+    middle = (stratum >= 1) & (stratum <= (sizes - 2)[:, None, None]) & mask[:, None, :]
+    count = middle.sum(dim=1)
+    middle_mean = torch.where(middle, gains, torch.zeros_like(gains)).sum(dim=1) \
+        / count.clamp(min=1)
+    n_real = sizes.to(torch.float64)[:, None].clamp(min=1)
+    outer = (alone - empty_value[:, None]) + (full[:, None] - without)
+    outer = torch.where((sizes == 1)[:, None], outer / 2, outer)  # one stratum, counted twice
+    phi = (outer + (n_real - 2).clamp(min=0) * middle_mean) / n_real
+    phi = torch.where(mask, phi, torch.zeros_like(phi))
+    shift = (full - empty_value - phi.sum(dim=1)) / n_real[:, 0]
+    return phi + shift[:, None]
+
+
 def coalition_shapley(context: ExplainContext, n_samples: int, seed: int, output: str,
                       max_batch: int | None, memory_mb: float | None = None,
                       antithetic: bool = True, bags: torch.Tensor | None = None
@@ -276,64 +349,19 @@ def coalition_shapley(context: ExplainContext, n_samples: int, seed: int, output
     bags: (B,) bool, the bags to score (None: all); others get 0."""
     mask = context.mask
     n_bags, n = mask.shape
-    device = mask.device
-    keys = permutation_keys(n, n_samples, seed, antithetic).to(device)
+    keys = permutation_keys(n, n_samples, seed, antithetic).to(mask.device)
     keys = torch.where(mask[:, None, :], keys[None], torch.full_like(keys[None], math.inf))
     rank = keys.argsort(dim=-1, stable=True).argsort(dim=-1)  # (B, S, N)
     sizes = mask.sum(dim=1)
-    # systematic sizes in 1..n_b-1: grid point j of K covers [j/K, (j+1)/K) of the size law
-    grid = math.ceil(n_samples / 2) if antithetic else n_samples
-    offset = float(np.random.default_rng([seed, 1]).random())
-    points = (torch.arange(grid, device=device, dtype=torch.float64) + offset) / grid
-    drawn = 1 + (points[None, :] * (sizes[:, None] - 1).clamp(min=0)).floor().long()  # (B, K)
-    if antithetic:
-        # reversed keys order the complement first: its first n_b - t instances = bag minus T
-        coalition_sizes = torch.empty(n_bags, n_samples, dtype=torch.int64, device=device)
-        coalition_sizes[:, 0::2] = drawn
-        coalition_sizes[:, 1::2] = sizes[:, None] - drawn[:, :n_samples // 2]
-    else:
-        coalition_sizes = drawn
+    # reversed keys order the complement first: its first n_b - t instances = bag minus T
+    coalition_sizes = coalition_sizes_for(sizes, n_samples, seed, antithetic)
     members = (rank < coalition_sizes[..., None]) & mask[:, None, :]  # (B, S, N)
-    positions = torch.arange(n, device=device)
-    # variants: n_samples blocks of n + 1 (T, then T with instance j flipped), then n + 1
-    # leave-one-out (full bag, bag - j), then n singles {j}, then the empty bag
-    sampled = n_samples * (n + 1)
-    loo_start, single_start, empty = sampled, sampled + n + 1, sampled + 2 * n + 1
-
-    def sub_bag(bag: torch.Tensor, variant: torch.Tensor) -> torch.Tensor:
-        sample, j = (variant // (n + 1)).clamp(max=n_samples - 1), variant % (n + 1)
-        flip = positions[None, :] == (j - 1)[:, None]
-        in_sample = (members[bag, sample] ^ flip) & mask[bag]
-        loo = mask[bag] & (positions[None, :] != (variant - loo_start - 1)[:, None])
-        single = positions[None, :] == (variant - single_start)[:, None]
-        out = torch.where((variant < loo_start)[:, None], in_sample, loo)
-        out = torch.where(((variant >= single_start) & (variant < empty))[:, None], single, out)
-        return out & (variant < empty)[:, None]
-
+    sub_bag, needed = coalition_sub_bags(mask, members, n_samples)
     chosen = torch.ones_like(sizes, dtype=torch.bool) if bags is None else bags
-    with_base = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)  # (B, 1 + N)
-    needed = torch.cat([with_base[:, None, :].expand(n_bags, n_samples, n + 1)
-                        .reshape(n_bags, -1), with_base, mask, torch.ones_like(mask[:, :1])],
-                       dim=1)
-    values = subset_values(context, empty + 1, sub_bag, needed & chosen[:, None], output,
+    values = subset_values(context, needed.shape[1], sub_bag, needed & chosen[:, None], output,
                            max_batch, memory_mb).double()
-    at = values[:, :sampled].reshape(n_bags, n_samples, n + 1)
-    full, without = values[:, loo_start], values[:, loo_start + 1:single_start]
-    alone, empty_value = values[:, single_start:empty], values[:, empty]
-    base, flipped = at[:, :, :1], at[:, :, 1:]
-    gains = torch.where(members, base - flipped, flipped - base)  # (B, S, N)
-    stratum = coalition_sizes[..., None] - members.long()  # |coalition without i|
-    middle = (stratum >= 1) & (stratum <= (sizes - 2)[:, None, None]) & mask[:, None, :]
-    count = middle.sum(dim=1)
-    middle_mean = torch.where(middle, gains, torch.zeros_like(gains)).sum(dim=1) \
-        / count.clamp(min=1)
-    n_real = sizes.to(torch.float64)[:, None].clamp(min=1)
-    outer = (alone - empty_value[:, None]) + (full[:, None] - without)
-    outer = torch.where((sizes == 1)[:, None], outer / 2, outer)  # one stratum, counted twice
-    phi = (outer + (n_real - 2).clamp(min=0) * middle_mean) / n_real
-    phi = torch.where(mask, phi, torch.zeros_like(phi))
-    shift = (full - empty_value - phi.sum(dim=1)) / n_real[:, 0]
-    return torch.where(mask & chosen[:, None], phi + shift[:, None], torch.zeros_like(phi)).float()
+    phi = coalition_combine(values, mask, members, coalition_sizes)
+    return torch.where(mask & chosen[:, None], phi, torch.zeros_like(phi)).float()
 
 
 #: Elements of the (bags, 2^n, n) gain tensor combined at once by exact Shapley.

@@ -246,15 +246,17 @@ def _discounts(n: int) -> np.ndarray:
     return 1.0 / np.log2(np.arange(n) + 2.0)
 
 
-def _top_k_rows(keys: np.ndarray, positive: np.ndarray, mask: np.ndarray,
+def _top_k_rows(keys: np.ndarray, gains: np.ndarray, mask: np.ndarray,
                 k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(ndcg@k (R,), precision@k (R,)) ranking by descending key, ties averaged as in sklearn:
-    each position gets the mean relevance of its tie group. k: (R,) int in 1..n_r."""
-    positive = positive & mask
-    n_pos = positive.sum(axis=1)
+    each position gets the mean gain of its tie group. gains: (R, N) bool (binary relevance) or
+    float (signed gains +1 / 0 / -1); the ideal DCG puts the +1 (gain > 0) instances first.
+    k: (R,) int in 1..n_r."""
+    gains = np.where(mask, gains.astype(np.float64), 0.0)
+    n_pos = (gains > 0).sum(axis=1)
     n = keys.shape[1]
     groups = _sort_with_ties(-keys, mask)
-    relevant = np.take_along_axis(positive, groups.order, axis=1).astype(np.float64)
+    relevant = np.take_along_axis(gains, groups.order, axis=1)
     hits = np.cumsum(relevant, axis=1)
     hits_before_group = (np.take_along_axis(hits, groups.first, axis=1)
                          - np.take_along_axis(relevant, groups.first, axis=1))
@@ -392,30 +394,57 @@ def _resolve_k(k: int | None, n_pos: np.ndarray, n_real: np.ndarray) -> np.ndarr
     return np.minimum(int(k), n_real).astype(np.int64)
 
 
-def _top_k_metric(which: str, scores: Any, evidence: Any, mask: Any,
-                  k: int | None) -> PerBagResult:
+#: NDCG gains: "binary" (witness 1, else 0) or "signed" (MILLI: the evidence +1 / 0 / -1).
+NDCG_GAINS = ("binary", "signed")
+#: Bags NDCG is averaged over: "witnessed" (ours: at least one witness and one non-witness) or
+#: "milli" (MILLI's: every bag with a witness and more than MIN_MILLI_BAG instances, all-witness
+#: bags included).
+NDCG_BAGS = ("witnessed", "milli")
+#: MILLI skips bags of at most this many instances.
+MIN_MILLI_BAG = 2
+
+
+def _top_k_metric(which: str, scores: Any, evidence: Any, mask: Any, k: int | None,
+                  gains: str = "binary", bags: str = "witnessed") -> PerBagResult:
+    if gains not in NDCG_GAINS:
+        raise SpecError("gains", gains, f"one of {list(NDCG_GAINS)}")
+    if bags not in NDCG_BAGS:
+        raise SpecError("bags", bags, f"one of {list(NDCG_BAGS)}")
     scores_arr, evidence_arr, mask_arr = check_importance_inputs(scores, evidence, mask)
     positive = evidence_arr > 0
     n_pos, n_real = positive.sum(axis=1), mask_arr.sum(axis=1)
     k_per_bag = _resolve_k(k, n_pos, n_real)
-    ndcg, precision = _top_k_rows(scores_arr, positive, mask_arr, k_per_bag)
-    eligible, excluded = _eligibility(n_pos, n_real)
+    relevance = np.sign(evidence_arr).astype(np.float64) if gains == "signed" else positive
+    ndcg, precision = _top_k_rows(scores_arr, relevance, mask_arr, k_per_bag)
+    if bags == "milli":
+        small = (n_real > 0) & (n_real <= MIN_MILLI_BAG)
+        no_witness = (n_real > MIN_MILLI_BAG) & (n_pos == 0)
+        eligible = (n_real > MIN_MILLI_BAG) & (n_pos > 0)
+        excluded = {key: int(v.sum()) for key, v in (("empty_bag", n_real == 0),
+                    ("small_bag", small), ("no_witness", no_witness)) if v.any()}
+    else:
+        eligible, excluded = _eligibility(n_pos, n_real)
+    mean_gain = np.where(mask_arr, relevance, 0.0).sum(axis=1) / np.maximum(n_real, 1)
     rate = _rate(n_pos, n_real)
     if which == "precision_at_k":
         return _summarise(which, precision, eligible, rate, excluded)
-    # Random order: every position has expected relevance `rate`, so E[DCG@k] = rate * D(k).
+    # Random order: every position has expected gain `mean_gain`, so E[DCG@k] = it * D(k).
     cumulative = np.concatenate([[0.0], np.cumsum(_discounts(mask_arr.shape[1]))])
     with np.errstate(divide="ignore", invalid="ignore"):
-        chance = rate * cumulative[k_per_bag] / cumulative[np.minimum(k_per_bag, n_pos)]
+        chance = mean_gain * cumulative[k_per_bag] / cumulative[np.minimum(k_per_bag, n_pos)]
     return _summarise(which, ndcg, eligible, chance, excluded)
 
 
-def ndcg_at_k(scores: Any, evidence: Any, mask: Any = None, k: int | None = None) -> PerBagResult:
-    """Per-bag NDCG@k with binary relevance (evidence > 0), discount 1/log2(rank + 1), tied
-    scores averaged as in ``sklearn.metrics.ndcg_score``. k=None: k = number of witnesses of
-    the bag (MILLI's NDCG@n); an int k is capped at the bag size. Chance level: witness rate
-    (for k = number of witnesses)."""
-    return _top_k_metric("ndcg_at_k", scores, evidence, mask, k)
+def ndcg_at_k(scores: Any, evidence: Any, mask: Any = None, k: int | None = None,
+              gains: str = "binary", bags: str = "witnessed") -> PerBagResult:
+    """Per-bag NDCG@k, discount 1/log2(rank + 1), tied scores averaged as in
+    ``sklearn.metrics.ndcg_score``. k=None: k = number of witnesses of the bag (MILLI's NDCG@n);
+    an int k is capped at the bag size. gains: "binary" (relevance = evidence > 0) or "signed"
+    (MILLI: gain = the evidence sign, so a refuting instance in the top k costs; the ideal
+    ranks the witnesses first, and a score can be negative). bags: "witnessed" (bags with a
+    witness and a non-witness) or "milli" (bags with a witness and more than 2 instances,
+    all-witness bags included). Chance level: the mean gain (for k = number of witnesses)."""
+    return _top_k_metric("ndcg_at_k", scores, evidence, mask, k, gains, bags)
 
 
 def precision_at_k(scores: Any, evidence: Any, mask: Any = None,

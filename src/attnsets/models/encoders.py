@@ -52,34 +52,72 @@ def _channel_list(value: object) -> list[int]:
     return [require_int("channels", c) for c in value]
 
 
+#: Convolution padding of the `cnn` encoder: "same" keeps the size, "valid" shrinks it by k - 1.
+CNN_PADDINGS = ("same", "valid")
+
+
+def _dropout_rate(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+        raise SpecError("dropout", value, "a probability in [0, 1)")
+    return float(value)
+
+
+def _hidden_list(value: object) -> list[int]:
+    if isinstance(value, int | str) or not isinstance(value, Sequence):
+        raise SpecError("hidden", value, "a list of integers >= 1 (may be empty)")
+    return [require_int("hidden", h) for h in value]
+
+
 @ENCODERS.register("cnn")
 class CNNEncoder(nn.Module):
     """Images, LeNet-like as in Ilse et al. 2018: (conv-ReLU-maxpool 2x2) per entry of
-    `channels`, then Linear-ReLU. x: (M, C, H, W) -> (M, out_dim).
+    `channels`, then (Linear-ReLU) per entry of `hidden` and a last Linear-ReLU to out_dim.
+    x: (M, C, H, W) -> (M, out_dim).
 
-    Convolutions are 'same'-padded so that 8x8 digits survive two poolings as well as 28x28
-    MNIST; the flattened size is computed from `info.instance_shape`."""
+    padding "same" (default) lets 8x8 digits survive two poolings as well as 28x28 MNIST;
+    "valid" is the unpadded LeNet / MILLI MI-Attn layout (28 -> 24 -> 12 -> 8 -> 4: 50 x 4 x 4
+    = 800 features). dropout > 0 follows every pooling stage and every Linear-ReLU (MI-Attn:
+    0.15); at 0 no Dropout module is added, so default models keep their parameter names.
+    The flattened size is computed from `info.instance_shape`."""
 
     def __init__(self, info: InputInfo, out_dim: int, channels: Sequence[int] = (20, 50),
-                 kernel_size: int = 5) -> None:
+                 kernel_size: int = 5, padding: str = "same", dropout: float = 0.0,
+                 hidden: Sequence[int] = ()) -> None:
         super().__init__()
         widths = _channel_list(channels)
         kernel = _odd_kernel(kernel_size)
-        shape = tuple(info.instance_shape)
-        smallest = 2 ** len(widths)
-        if len(shape) != 3 or min(shape[1:], default=0) < smallest:
-            raise SpecError("model.encoder", "cnn",
-                            f"image instances (channels, height, width) with height and width "
-                            f">= {smallest} for {len(widths)} pooling stages; the data has "
-                            f"instance_shape {shape}")
+        if padding not in CNN_PADDINGS:
+            raise SpecError("padding", padding, f"one of {list(CNN_PADDINGS)}")
+        rate, hidden_dims = _dropout_rate(dropout), _hidden_list(hidden)
+        shrink = 0 if padding == "same" else kernel - 1
+        in_channels, height, width = self._check_shape(info, widths, shrink)
+        drop: list[nn.Module] = [nn.Dropout(rate)] if rate > 0 else []
         blocks: list[nn.Module] = []
-        in_channels, height, width = shape
         for out_channels in widths:
-            blocks += [nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2),
-                       nn.ReLU(), nn.MaxPool2d(2)]
-            in_channels, height, width = out_channels, height // 2, width // 2
-        blocks += [nn.Flatten(), nn.Linear(in_channels * height * width, out_dim), nn.ReLU()]
+            blocks += [nn.Conv2d(in_channels, out_channels, kernel,
+                                 padding=kernel // 2 if padding == "same" else 0),
+                       nn.ReLU(), nn.MaxPool2d(2), *drop]
+            in_channels, height, width = out_channels, (height - shrink) // 2, \
+                (width - shrink) // 2
+        blocks.append(nn.Flatten())
+        dims = [in_channels * height * width, *hidden_dims, out_dim]
+        for a, b in zip(dims[:-1], dims[1:], strict=True):
+            blocks += [nn.Linear(a, b), nn.ReLU(), *([nn.Dropout(rate)] if rate > 0 else [])]
         self.net = nn.Sequential(*blocks)
+
+    @staticmethod
+    def _check_shape(info: InputInfo, widths: list[int], shrink: int) -> tuple[int, int, int]:
+        """(channels, height, width) of the images, refused if a stage would leave < 1 pixel."""
+        shape = tuple(info.instance_shape)
+        side = min(shape[1:], default=0) if len(shape) == 3 else 0
+        for _ in widths:
+            side = (side - shrink) // 2
+        if len(shape) != 3 or side < 1:
+            raise SpecError("model.encoder", "cnn",
+                            f"image instances (channels, height, width) large enough for "
+                            f"{len(widths)} pooling stages (each -{shrink} then /2); the data "
+                            f"has instance_shape {shape}")
+        return shape[0], shape[1], shape[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.float())

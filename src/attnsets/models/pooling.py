@@ -27,8 +27,10 @@ import math
 import torch
 from torch import nn
 
+from attnsets.errors import SpecError
 from attnsets.models.base import POOLINGS, HeadSpec, SetOutput, masked_softmax, require_int
-from attnsets.models.head import build_readout
+from attnsets.models.head import SeededDropout, build_readout
+from attnsets.spec.constraints import is_real
 
 
 def zero_padding(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -134,16 +136,28 @@ class AttentionPooling(SoftmaxAttentionPooling):
 
     permutation_invariant = True
 
-    def __init__(self, in_dim: int, n_classes: int, attention_dim: int = 64,
-                 head: HeadSpec = HeadSpec()) -> None:
+    def __init__(self, in_dim: int, n_classes: int, attention_dim: int = 64, bias: bool = True,
+                 dropout: float = 0.0, head: HeadSpec = HeadSpec()) -> None:
         super().__init__()
         attention_dim = require_int("attention_dim", attention_dim)
-        self.score = nn.Sequential(nn.Linear(in_dim, attention_dim), nn.Tanh(),
-                                   nn.Linear(attention_dim, 1))
+        if not isinstance(bias, bool):
+            raise SpecError("bias", bias, "true or false (biases in the attention layers)")
+        if not is_real(dropout) or not 0 <= dropout < 1:
+            raise SpecError("dropout", dropout, "a probability in [0, 1) (on the pooled z)")
+        # bias=False: MILLI's MI-Attn scores instances with bias-free V and w
+        self.score = nn.Sequential(nn.Linear(in_dim, attention_dim, bias=bias), nn.Tanh(),
+                                   nn.Linear(attention_dim, 1, bias=bias))
         self.classifier = build_readout(head, in_dim, n_classes)
+        # only when asked, so default models keep their parameter and module names; seeded so a
+        # member of a vectorised ensemble drops what the same seed drops alone
+        self.pooled_dropout = SeededDropout(float(dropout)) if dropout > 0 else None
 
     def attention_logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.score(h).squeeze(-1)
+
+    def readout(self, z: torch.Tensor) -> torch.Tensor:
+        """z: (B, D) -> logits (B, C); dropout on z first when `dropout` > 0 (training only)."""
+        return super().readout(z if self.pooled_dropout is None else self.pooled_dropout(z))
 
 
 @POOLINGS.register("gated_attention")

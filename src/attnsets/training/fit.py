@@ -54,7 +54,7 @@ class TrainSpec:
     availability when training starts (see attnsets.device). ensemble: how fit_ensemble trains
     its members, "vectorised" (one stacked pass under vmap), "sequential" (one fit per member)
     or "auto" (the measured choice per encoder, see attnsets.training.ensemble); every choice
-    gives the members of a lone fit up to float rounding."""
+    gives the members of a lone fit up to float rounding. betas: Adam's (beta1, beta2)."""
 
     epochs: int = constrained(Interval(int, 1), default=50)
     batch_size: int = constrained(Interval(int, 1), default=16)
@@ -72,6 +72,7 @@ class TrainSpec:
     #: Not part of a run's identity (attnsets.spec): the same run on a CPU and a GPU.
     device: str = field(default="auto", metadata={"identity": False})
     ensemble: str = constrained(Options(ENSEMBLE_STRATEGIES), default="auto")
+    betas: tuple[float, float] = (0.9, 0.999)
 
     def __post_init__(self) -> None:
         check_declared(self)
@@ -87,12 +88,18 @@ class TrainSpec:
                                 '"balanced", None, or a list of positive finite weights')
             # A tuple keeps the frozen spec hashable.
             object.__setattr__(self, "class_weights", tuple(float(w) for w in weights))
+        betas = self.betas
+        if isinstance(betas, str) or not isinstance(betas, Sequence) or len(betas) != 2 \
+                or not all(is_real(b) and 0 <= b < 1 for b in betas):
+            raise SpecError("betas", betas, "two numbers in [0, 1), e.g. [0.9, 0.999]")
+        object.__setattr__(self, "betas", (float(betas[0]), float(betas[1])))
         check_device_string(self.device, "device")
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         if isinstance(self.class_weights, tuple):
             out["class_weights"] = list(self.class_weights)
+        out["betas"] = list(self.betas)
         return out
 
     @staticmethod
@@ -294,8 +301,8 @@ def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
 def make_optimizer(params: Iterable[torch.Tensor], spec: TrainSpec) -> torch.optim.Adam:
     """Adam with L2 weight decay. Its update is elementwise, so a stacked ensemble optimised by
     one Adam moves each member exactly as its own Adam would."""
-    return torch.optim.Adam(list(params), lr=spec.lr, weight_decay=spec.weight_decay,
-                            fused=True)
+    return torch.optim.Adam(list(params), lr=spec.lr, betas=spec.betas,
+                            weight_decay=spec.weight_decay, fused=True)
 
 
 def input_info(dataset: SetDataset) -> InputInfo:

