@@ -241,7 +241,7 @@ def dataset_info(spec: DatasetSpec) -> InputInfo:
     from attnsets.data.generate import build_pool, build_rule
 
     pool = build_pool(spec)
-    return InputInfo(pool.kind, tuple(pool.instance_shape), build_rule(spec).n_classes,
+    return InputInfo(pool.kind, tuple(pool.instance_shape), build_rule(spec, pool).n_classes,
                      pool.vocab_size)
 
 
