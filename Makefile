@@ -27,7 +27,7 @@ browser:
 # tcrdist3's the MIRA receptor sets. attnsets only reads their files, so the wheels are installed
 # without their (heavy) dependencies. Without them the real-data tests are skipped with a reason.
 real-data: $(STAMP)
-	$(PIP_INSTALL) --no-deps scanpy tcrdist3 || echo "could not install scanpy / tcrdist3: the real-data tests will be skipped"
+	$(PIP_INSTALL) --no-deps scanpy==1.11.5 tcrdist3==0.3 || echo "could not install scanpy / tcrdist3: the real-data tests will be skipped"
 
 test: $(STAMP) browser real-data
 	$(BIN)/ruff check src tests benchmarks examples
