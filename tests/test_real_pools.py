@@ -226,3 +226,21 @@ def test_mira_sets_are_cleaned_and_disjoint() -> None:
     assert pool.source_names(np.array([0]))[0] == cdr3s[0]
     with pytest.raises(SpecError, match="source"):
         POOLS.build("tcr", {"source": "vdjdb"}, "pool")
+
+
+@needs_pbmc
+def test_instance_map_uses_the_files_own_umap() -> None:
+    from attnsets.data.generate import build_pool
+    from attnsets.data.pools.h5ad import bundled_path
+    from attnsets.report.examples import _instance_map
+
+    spec = pbmc_spec({"name": "presence", "key": "CD19+ B"}, 4)
+    test = make_dataset(spec).test
+    coordinates, axes, name = _instance_map(test, build_pool(spec))
+    umap = anndata.read_h5ad(bundled_path("pbmc68k_reduced")).obsm["X_umap"]
+    assert axes == ("UMAP 1", "UMAP 2") and "UMAP" in name
+    assert np.allclose(coordinates, umap[test.source_index])
+    gaussian = DatasetSpec.from_dict({"pool": {"name": "gaussian"}, "rule": {
+        "name": "presence", "key": 1}, "bags": {"train": 4, "val": 4, "test": 4}})
+    _, axes, name = _instance_map(make_dataset(gaussian).test, build_pool(gaussian))
+    assert axes[0].startswith("PC 1") and name == "PCA of the test instances"
