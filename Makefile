@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PIP_INSTALL := $(BIN)/python -m pip install -q -c constraints.txt
 
-.PHONY: demo test lint bench clean browser results
+.PHONY: demo test lint bench clean browser results real-data
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,13 @@ browser:
 	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
 		|| echo "could not install chromium: the browser test will be skipped"
 
-test: $(STAMP) browser
+# The bundled real data sets (docs/data_sets.md): scanpy's wheel holds pbmc68k_reduced.h5ad,
+# tcrdist3's the MIRA receptor sets. attnsets only reads their files, so the wheels are installed
+# without their (heavy) dependencies. Without them the real-data tests are skipped with a reason.
+real-data: $(STAMP)
+	$(PIP_INSTALL) --no-deps scanpy==1.11.5 tcrdist3==0.3 || echo "could not install scanpy / tcrdist3: the real-data tests will be skipped"
+
+test: $(STAMP) browser real-data
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 

@@ -34,7 +34,7 @@ FieldPath = Callable[[str], str]
 def dataset_info(spec: DatasetSpec) -> InputInfo:
     """What a model needs to know about the data of `spec`, without generating any bags."""
     pool = build_pool(spec)
-    return InputInfo(pool.kind, tuple(pool.instance_shape), build_rule(spec).n_classes,
+    return InputInfo(pool.kind, tuple(pool.instance_shape), build_rule(spec, pool).n_classes,
                      pool.vocab_size)
 
 

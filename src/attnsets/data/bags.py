@@ -41,13 +41,16 @@ class Bag:
 
 @dataclass(frozen=True)
 class BagSplit:
-    """All bags of one split, flat. instances: (total, *shape); offsets: (B+1,) int64."""
+    """All bags of one split, flat. instances: (total, *shape); offsets: (B+1,) int64;
+    source_index: (total,) int64 row of each instance in its pool's collection (finite pools:
+    the table row, the .h5ad cell, the receptor), None for generated instances."""
 
     instances: np.ndarray
     offsets: np.ndarray
     labels: np.ndarray
     concepts: np.ndarray
     evidence: np.ndarray
+    source_index: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         total = int(self.offsets[-1]) if len(self.offsets) else 0
@@ -55,6 +58,8 @@ class BagSplit:
             raise ValueError("offsets must have len(labels) + 1 entries and start at 0")
         if not (len(self.instances) == len(self.concepts) == len(self.evidence) == total):
             raise ValueError("instances, concepts and evidence must have offsets[-1] rows")
+        if self.source_index is not None and len(self.source_index) != total:
+            raise ValueError("source_index must have offsets[-1] rows")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -83,8 +88,9 @@ class BagSplit:
         rows = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in idx]) \
             if len(idx) else np.zeros(0, dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        source = None if self.source_index is None else self.source_index[rows]
         return BagSplit(self.instances[rows], offsets, self.labels[idx], self.concepts[rows],
-                        self.evidence[rows])
+                        self.evidence[rows], source)
 
     @staticmethod
     def from_bags(bags: Sequence[Bag]) -> BagSplit:

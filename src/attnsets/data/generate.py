@@ -10,7 +10,7 @@ import numpy as np
 
 from attnsets.data.bags import BagSplit
 from attnsets.data.pools.base import POOLS, InstancePool
-from attnsets.data.rules.base import RULES, LabelRule, qualify_rule_error
+from attnsets.data.rules.base import RULES, LabelRule, qualify_rule_error, resolve_concept_names
 from attnsets.data.spec import SPLITS, ComponentSpec, DatasetSpec, SizeSpec, WitnessSpec
 from attnsets.errors import SpecError, SpecErrors
 
@@ -45,8 +45,34 @@ def build_pool(spec: DatasetSpec) -> InstancePool:
     return POOLS.build(spec.pool.name, spec.pool.params, "pool")
 
 
-def build_rule(spec: DatasetSpec) -> LabelRule:
-    return RULES.build(spec.rule.name, spec.rule.params, "rule")
+def build_rule(spec: DatasetSpec, pool: InstancePool | None = None) -> LabelRule:
+    """The spec's rule, with concept names resolved against `pool` (built from the spec only
+    when not given and the rule names concepts)."""
+    if pool is None and names_concepts(spec.rule):
+        pool = build_pool(spec)
+    return _build_rule(spec.rule, pool)
+
+
+def names_concepts(rule_spec: ComponentSpec) -> bool:
+    """Does the rule spec name concepts (strings in the rule's concept_fields)?"""
+    rule_cls = RULES.get(rule_spec.name, "rule.name")
+    for field_name in getattr(rule_cls, "concept_fields", ()):
+        value = rule_spec.params.get(field_name)
+        values = value if isinstance(value, list | tuple) else [value]
+        if any(isinstance(v, str) for v in values):
+            return True
+    return False
+
+
+def _build_rule(rule_spec: ComponentSpec, pool: InstancePool | None) -> LabelRule:
+    params = dict(rule_spec.params)
+    if pool is not None and names_concepts(rule_spec):
+        rule_cls = RULES.get(rule_spec.name, "rule.name")
+        try:
+            params = resolve_concept_names(rule_cls, params, pool.concept_names)
+        except SpecError as err:
+            raise err.with_prefix("rule") from None
+    return RULES.build(rule_spec.name, params, "rule")
 
 
 def check_components(pool_spec: ComponentSpec, rule_spec: ComponentSpec, bag_size: SizeSpec,
@@ -66,7 +92,9 @@ def check_components(pool_spec: ComponentSpec, rule_spec: ComponentSpec, bag_siz
             errors.append(err if err.field.startswith("pool.") else err.with_prefix("pool"))
             pool = None
     try:
-        rule = RULES.build(rule_spec.name, rule_spec.params, "rule")
+        # Concept names cannot be checked without a pool: its error is reported already.
+        if pool is not None or not names_concepts(rule_spec):
+            rule = _build_rule(rule_spec, pool)
     except SpecError as err:
         errors.append(err)
     if pool is not None and rule is not None:
@@ -126,16 +154,17 @@ def assemble(pool: InstancePool, rule: LabelRule, split: str, labels: np.ndarray
     sizes = np.array([len(c) for c in bag_concepts], dtype=np.int64)
     concepts = np.concatenate(bag_concepts)
     evidence = np.concatenate([rule.evidence(c) for c in bag_concepts]).astype(np.int8)
-    instances = pool.draw(concepts, split, rng)
+    instances, source_index = pool.draw_traced(concepts, split, rng)
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    return BagSplit(instances, offsets, labels, concepts, evidence)
+    return BagSplit(instances, offsets, labels, concepts, evidence, source_index)
 
 
 def make_dataset(spec: DatasetSpec, progress: Callable[[str], None] | None = None) -> SetDataset:
     """Generate all splits. Split s uses its own stream seeded by (spec.seed, s), so the
     same spec gives bit-identical bags on any run."""
     check_spec(spec)
-    pool, rule = build_pool(spec), build_rule(spec)
+    pool = build_pool(spec)
+    rule = build_rule(spec, pool)
     splits = {}
     for index, split in enumerate(SPLITS):
         if progress:

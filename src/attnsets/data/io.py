@@ -10,6 +10,8 @@ Members:
   {split}.labels    (B,)   int64
   {split}.concepts  (total,) int64
   {split}.evidence  (total, n_classes) int8 in {-1, 0, 1}
+  {split}.source_index (total,) int64  optional: the row of each instance in its pool's
+                                      collection (finite pools only: table row, .h5ad cell)
 for split in train, val, test. Read it with ``np.load(path, allow_pickle=False)``.
 """
 
@@ -30,6 +32,8 @@ from attnsets.errors import DataFormatError, SpecErrors
 FORMAT_NAME = "attnsets-dataset"
 FORMAT_VERSION = 1
 FIELDS = ("instances", "offsets", "labels", "concepts", "evidence")
+#: Optional member per split (absent for generated instances and in older files).
+SOURCE_INDEX = "source_index"
 
 
 def save_dataset(dataset: SetDataset, path: str | Path) -> Path:
@@ -55,6 +59,8 @@ def save_dataset(dataset: SetDataset, path: str | Path) -> Path:
     for split, data in dataset.splits.items():
         for name in FIELDS:
             arrays[f"{split}.{name}"] = getattr(data, name)
+        if data.source_index is not None:
+            arrays[f"{split}.{SOURCE_INDEX}"] = data.source_index
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -90,7 +96,8 @@ def load_dataset(path: str | Path) -> SetDataset:
     try:
         spec = DatasetSpec.from_dict(json.loads(str(arrays["spec"])))
         meta = json.loads(str(arrays["meta"]))
-        splits = {s: BagSplit(*(arrays[f"{s}.{f}"] for f in FIELDS)) for s in SPLITS}
+        splits = {s: BagSplit(*(arrays[f"{s}.{f}"] for f in FIELDS),
+                              source_index=arrays.get(f"{s}.{SOURCE_INDEX}")) for s in SPLITS}
     except (json.JSONDecodeError, SpecErrors, ValueError, KeyError) as err:
         raise DataFormatError(f"{path}: damaged ({err})") from None
     n_classes = int(meta["n_classes"])

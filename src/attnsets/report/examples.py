@@ -402,6 +402,20 @@ def _pca_2d(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return centred @ vt[:2].T, ratio
 
 
+def _instance_map(split: BagSplit, pool: Any) -> tuple[np.ndarray, tuple[str, str], str]:
+    """((n, 2) coordinates, axis labels, what the map is) for the split's instances: the
+    pool's own map of their source rows when it has one (a .h5ad file's X_umap), else a PCA."""
+    embedding_2d = getattr(pool, "embedding_2d", None)
+    if split.source_index is not None and embedding_2d is not None:
+        own = embedding_2d(split.source_index)
+        if own is not None:
+            return own[0], own[1], f"the data set's own {own[1][0].rsplit(' ', 1)[0]} map"
+    points = split.instances.reshape(len(split.instances), -1).astype(np.float64)
+    projected, ratio = _pca_2d(points)
+    return (projected, (f"PC 1 ({ratio[0]:.0%} of variance)", f"PC 2 ({ratio[1]:.0%} of "
+                        "variance)"), "PCA of the test instances")
+
+
 def _vector_figure(choice: ExampleChoice, split: BagSplit, arrays: dict[str, np.ndarray],
                    pool: Any) -> tuple[Figure, str] | None:
     order, good_auroc, bad_auroc = _bag_order(choice, arrays, None)
@@ -413,8 +427,7 @@ def _vector_figure(choice: ExampleChoice, split: BagSplit, arrays: dict[str, np.
     normalised = np.stack([normalise_per_bag(s, mask, method="minmax") for s in scores])
     witness = (arrays["evidence"][bags] > 0)[mask]
     subset = split.subset(bags)
-    points = subset.instances.reshape(len(subset.instances), -1).astype(np.float64)
-    projected, ratio = _pca_2d(points)
+    projected, (x_label, y_label), map_name = _instance_map(subset, pool)
     roles = _roles(choice)
     figure = new_figure(3.4 * (1 + len(roles)) + 0.8, 4.1)
     axes: list[Axes] = figure.subplots(1, 1 + len(roles), sharex=True, sharey=True).tolist()
@@ -439,15 +452,15 @@ def _vector_figure(choice: ExampleChoice, split: BagSplit, arrays: dict[str, np.
         ax.set_title(f"{role}\n{choice.member_text(k)}: AUROC {np.nanmean(per_bag):.2f} on "
                      f"these bags,\nbag {metric} {bag_score[k]:.2f}", fontsize=9)
     for ax in axes:
-        ax.set_xlabel(f"PC 1 ({ratio[0]:.0%} of variance)")
-    axes[0].set_ylabel(f"PC 2 ({ratio[1]:.0%} of variance)")
+        ax.set_xlabel(x_label)
+    axes[0].set_ylabel(y_label)
     if scatter is not None:
         figure.colorbar(scatter, ax=axes[1:], label=f"{choice.method} score (min–max within bag)",
                         shrink=0.85)
     cell = choice.cell
     figure.suptitle(f"{cell.dataset} · {cell.model} · replicate {cell.replicate} · "
-                    f"explainer: {choice.method} · PCA of the test instances", fontsize=10)
-    return figure, f"{len(bags)} test bags, {len(points)} instances"
+                    f"explainer: {choice.method} · {map_name}", fontsize=10)
+    return figure, f"{len(bags)} test bags, {len(projected)} instances ({map_name})"
 
 
 DRAWERS = {"image": _image_figure, "sequence": _sequence_figure, "vector": _vector_figure}

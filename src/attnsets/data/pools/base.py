@@ -51,6 +51,17 @@ class InstancePool(ABC):
         """Extra facts worth saving with the dataset (e.g. motifs)."""
         return {}
 
+    def draw_traced(self, concepts: np.ndarray, split: str, rng: np.random.Generator
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(features as `draw`, (n,) int64 source row of each instance or None when instances
+        are generated rather than taken from a fixed collection)."""
+        return self.draw(concepts, split, rng), None
+
+    def embedding_2d(self, rows: np.ndarray) -> tuple[np.ndarray, tuple[str, str]] | None:
+        """The data set's own 2-D map of these source rows ((n, 2) coordinates and the two
+        axis names), or None when the pool has none (the report then uses a PCA)."""
+        return None
+
 
 @dataclass
 class FinitePool(InstancePool, ABC):
@@ -104,13 +115,19 @@ class FinitePool(InstancePool, ABC):
         return parts
 
     def draw(self, concepts: np.ndarray, split: str, rng: np.random.Generator) -> np.ndarray:
+        return self.draw_traced(concepts, split, rng)[0]
+
+    def draw_traced(self, concepts: np.ndarray, split: str, rng: np.random.Generator
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """Items of the split's part of each concept, drawn uniformly *with replacement* (a
+        concept with few items in a split repeats them). -> (features, (n,) item rows)."""
         concepts = np.asarray(concepts, dtype=np.int64)
-        out = np.empty((len(concepts), *self.instance_shape), dtype=self.features.dtype)
+        rows = np.empty(len(concepts), dtype=np.int64)
         for c in np.unique(concepts):
             where = np.flatnonzero(concepts == c)
             items = self.partition[(split, int(c))]
             if len(items) == 0:
                 raise SpecError("pool.split_fractions", list(self.split_fractions),
                                 f"fractions that leave split {split!r} some items of concept {c}")
-            out[where] = self.features[items[rng.integers(0, len(items), size=len(where))]]
-        return out
+            rows[where] = items[rng.integers(0, len(items), size=len(where))]
+        return self.features[rows], rows

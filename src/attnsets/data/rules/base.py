@@ -32,6 +32,9 @@ class LabelRule(ABC):
     #: The test split is deliberately drawn from another distribution than train / val (Raff &
     #: Holt's algorithmic unit tests): assessments then compare val with test.
     shifted_test: ClassVar[bool] = False
+    #: Parameters holding concept ids. Each may also name concepts by the pool's
+    #: concept_names (``key = "CD56+ NK"``): resolve_concept_names turns them into ids.
+    concept_fields: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def check(self, n_concepts: int, min_size: int, witnesses: WitnessSpec) -> list[SpecError]:
@@ -110,8 +113,29 @@ def as_id_list(field: str, value: int | list[int]) -> list[int]:
     if not values:
         raise SpecError(field, value, "at least one concept id")
     if not all(is_int(v) for v in values):
-        raise SpecError(field, value, "integer concept ids")
+        raise SpecError(field, value, "integer concept ids (or, in a dataset spec, the pool's "
+                                      "concept names)")
     return [int(v) for v in values]
+
+
+def resolve_concept_names(rule_cls: type[LabelRule], params: dict[str, object],
+                          concept_names: list[str]) -> dict[str, object]:
+    """`params` with every concept name in the rule's concept_fields replaced by its id in
+    `concept_names`; ids stay. SpecError(field) for a name the pool does not have."""
+    lookup = {name: i for i, name in enumerate(concept_names)}
+    resolved = dict(params)
+    for field in rule_cls.concept_fields:
+        value = params.get(field)
+        values = value if isinstance(value, list | tuple) else [value]
+        if not any(isinstance(v, str) for v in values):
+            continue
+        unknown = [v for v in values if isinstance(v, str) and v not in lookup]
+        if unknown:
+            raise SpecError(field, unknown[0], f"a concept id or one of the pool's concept names "
+                                               f"{concept_names}")
+        ids = [lookup[v] if isinstance(v, str) else v for v in values]
+        resolved[field] = ids if isinstance(value, list | tuple) else ids[0]
+    return resolved
 
 
 def qualify_rule_error(err: SpecError) -> SpecError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -51,6 +52,8 @@ class FourBags(LabelRule):
       class 0, evidence_convention = "attnsets" (default): A -1, B -1, background 0;
       class 0, evidence_convention = "milli" (MILLI's code): A 0, B 0, background +1.
     """
+
+    concept_fields: ClassVar[tuple[str, ...]] = ("a", "b")
 
     a: int | list[int] = 8
     b: int | list[int] = 9

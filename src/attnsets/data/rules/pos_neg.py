@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -52,6 +53,8 @@ class PosNeg(LabelRule):
     law); "natural" labels the bags as drawn (xMIL's own class shares, ~0.47 positive).
     Evidence (both): class 1: positive concepts +1, negative concepts -1; class 0: the negation.
     """
+
+    concept_fields: ClassVar[tuple[str, ...]] = ("positive", "negative")
 
     positive: int | list[int] | None = None
     negative: int | list[int] | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -31,6 +32,8 @@ class Presence(LabelRule):
     `key` is a list), negatives none; the rest is background (all other concepts, uniform).
     Evidence: key instances are +1 for class 1 and -1 for class 0; all others 0.
     """
+
+    concept_fields: ClassVar[tuple[str, ...]] = ("key",)
 
     key: int | list[int] = 9
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -32,6 +33,8 @@ class Ratio(LabelRule):
     decides, not the bare count). The WitnessSpec is not used: r sets the counts.
     Evidence: key instances are +1 for class 1 and -1 for class 0 in every bag; others 0.
     """
+
+    concept_fields: ClassVar[tuple[str, ...]] = ("key",)
 
     key: int | list[int] = 9
     r: float = 0.25

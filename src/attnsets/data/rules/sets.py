@@ -4,6 +4,7 @@ disjunction (`any_of`) of concept presence."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
@@ -36,6 +37,8 @@ def random_subset(m: int, proper: bool, rng: np.random.Generator) -> np.ndarray:
 class ConceptSet(LabelRule):
     """Shared parts of all_of / any_of: each listed concept that is present in a bag gets its own
     witness count from the WitnessSpec; the rest of the bag is background."""
+
+    concept_fields: ClassVar[tuple[str, ...]] = ("concepts",)
 
     concepts: int | list[int] = field(default_factory=lambda: [8, 9])
 

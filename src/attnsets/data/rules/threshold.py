@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -33,6 +34,8 @@ class Threshold(LabelRule):
     misses (k-1 keys) are as common as bags without any key and presence alone does not decide.
     Evidence: key instances are +1 for class 1 and -1 for class 0 in every bag; others 0.
     """
+
+    concept_fields: ClassVar[tuple[str, ...]] = ("key",)
 
     key: int | list[int] = 9
     k: int = 2

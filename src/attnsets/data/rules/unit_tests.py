@@ -55,6 +55,8 @@ class Poison(LabelRule):
     Evidence: key instances +1 for class 1 and -1 for class 0; poison and background 0.
     """
 
+    concept_fields: ClassVar[tuple[str, ...]] = ("key", "poison")
+
     shifted_test: ClassVar[bool] = True
 
     key: int | list[int] = 9
@@ -107,6 +109,8 @@ class FalseFrequency(LabelRule):
     split: only the frequent concept's count changes at test time.
     Evidence: key instances +1 for class 1 and -1 for class 0; frequent and background 0.
     """
+
+    concept_fields: ClassVar[tuple[str, ...]] = ("key", "frequent")
 
     shifted_test: ClassVar[bool] = True
 
@@ -177,6 +181,8 @@ class MultiConceptPoison(LabelRule):
     Every bag is grown to len(concepts) + 1 instances whatever its label and split.
     Evidence: listed-concept instances +1 for class 1 and -1 for class 0; poison and background 0.
     """
+
+    concept_fields: ClassVar[tuple[str, ...]] = ("concepts", "poison")
 
     shifted_test: ClassVar[bool] = True
 
