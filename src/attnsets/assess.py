@@ -103,7 +103,7 @@ class AssessSpec:
         object.__setattr__(self, "explainers", tuple(self.explainers))
         for i, name in enumerate(self.explainers):
             if name not in EXPLAINERS:
-                raise SpecError(f"explainers[{i}]", name, f"one of {EXPLAINERS.names()}")
+                raise EXPLAINERS.unknown(name, f"explainers[{i}]")
         if len(set(self.explainers)) != len(self.explainers):
             raise SpecError("explainers", list(self.explainers), "each explainer named once")
         if not isinstance(self.explainer_options, Mapping):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,10 +36,25 @@ def _load_plugins(
     """Can the attention weights of a set model be trusted as an explanation?"""
     from attnsets.registry import load_plugins
 
+    warnings.showwarning = _show_plugin_warning
     try:
         load_plugins(plugin)
     except SpecError as err:
         _fail(err)
+
+
+_show_warning = warnings.showwarning
+
+
+def _show_plugin_warning(message: Warning | str, category: type[Warning], *args: Any,
+                         **kwargs: Any) -> None:
+    """A plugin that failed to load is one line on stderr (no source line, no traceback)."""
+    from attnsets.registry import PluginWarning
+
+    if issubclass(category, PluginWarning):
+        err_console.print(f"[bold yellow]warning:[/] {message}", highlight=False)
+    else:
+        _show_warning(message, category, *args, **kwargs)
 
 
 def _fail(err: Exception) -> None:
