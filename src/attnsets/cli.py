@@ -292,6 +292,9 @@ def run(
     if tracker is not None:
         tracker.finish(out, failed=not summary.ok)
         console.print(f"MLflow: {len(tracker.cell_runs)} cell run(s) logged to {tracker.uri}")
+        if tracker.stopped is not None:
+            err_console.print(f"[bold yellow]warning:[/] MLflow logging stopped {tracker.stopped}"
+                              f"; every cell is in {out}/results.sqlite", highlight=False)
     _print_run_summary(summary, out)
     _print_headline(out)
     if not summary.ok:
@@ -378,6 +381,23 @@ def report(
         _fail(err)
         return
     console.print(f"report: {path}")
+    _attach_report_to_mlflow(directory, path.parent)
+
+
+def _attach_report_to_mlflow(directory: Path, report_dir: Path) -> None:
+    """A study run with --mlflow named its MLflow run in DIR/mlflow.json: the report joins it."""
+    if not (directory / "mlflow.json").is_file():
+        return
+    try:
+        from attnsets.integrations.mlflow import attach_report
+
+        parent = attach_report(directory, report_dir)
+    except (ImportError, SpecError) as err:
+        err_console.print(f"[bold yellow]warning:[/] the report was not attached to the MLflow "
+                          f"run: {err}", highlight=False)
+        return
+    if parent is not None:
+        console.print(f"MLflow: report attached to run {parent.run_id} at {parent.uri}")
 
 
 @app.command("results-page")
