@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 import torch
+
+from attnsets.registry import DISABLE_AUTOLOAD_ENV
+
+# The registries hold the built-ins only (many tests list POOLINGS.names() as "every pooling"):
+# no installed `attnsets.plugins` entry point is loaded, here or in spawned study workers.
+# tests/test_plugins.py turns it back on where it tests the loading.
+os.environ[DISABLE_AUTOLOAD_ENV] = "1"
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import inspect
 import json
 import math
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,10 +37,25 @@ def _load_plugins(
     """Can the attention weights of a set model be trusted as an explanation?"""
     from attnsets.registry import load_plugins
 
+    warnings.showwarning = _show_plugin_warning
     try:
         load_plugins(plugin)
     except SpecError as err:
         _fail(err)
+
+
+_show_warning = warnings.showwarning
+
+
+def _show_plugin_warning(message: Warning | str, category: type[Warning], *args: Any,
+                         **kwargs: Any) -> None:
+    """A plugin that failed to load is one line on stderr (no source line, no traceback)."""
+    from attnsets.registry import PluginWarning
+
+    if issubclass(category, PluginWarning):
+        err_console.print(f"[bold yellow]warning:[/] {message}", highlight=False)
+    else:
+        _show_warning(message, category, *args, **kwargs)
 
 
 def _fail(err: Exception) -> None:
@@ -278,6 +294,9 @@ def run(
     if tracker is not None:
         tracker.finish(out, failed=not summary.ok)
         console.print(f"MLflow: {len(tracker.cell_runs)} cell run(s) logged to {tracker.uri}")
+        if tracker.stopped is not None:
+            err_console.print(f"[bold yellow]warning:[/] MLflow logging stopped {tracker.stopped}"
+                              f"; every cell is in {out}/results.sqlite", highlight=False)
     _print_run_summary(summary, out)
     _print_headline(out)
     if not summary.ok:
@@ -370,6 +389,23 @@ def report(
         _fail(err)
         return
     console.print(f"report: {path}")
+    _attach_report_to_mlflow(directory, path.parent)
+
+
+def _attach_report_to_mlflow(directory: Path, report_dir: Path) -> None:
+    """A study run with --mlflow named its MLflow run in DIR/mlflow.json: the report joins it."""
+    if not (directory / "mlflow.json").is_file():
+        return
+    try:
+        from attnsets.integrations.mlflow import attach_report
+
+        parent = attach_report(directory, report_dir)
+    except (ImportError, SpecError) as err:
+        err_console.print(f"[bold yellow]warning:[/] the report was not attached to the MLflow "
+                          f"run: {err}", highlight=False)
+        return
+    if parent is not None:
+        console.print(f"MLflow: report attached to run {parent.run_id} at {parent.uri}")
 
 
 @app.command("results-page")

@@ -53,7 +53,7 @@ class OutputSpec:
 
     def __post_init__(self) -> None:
         if self.method not in EXPLAINERS:
-            raise SpecError("method", self.method, f"one of {EXPLAINERS.names()}")
+            raise EXPLAINERS.unknown(self.method, "method")
         splits = (self.splits,) if isinstance(self.splits, str) else tuple(self.splits)
         if not splits or any(s not in SPLITS for s in splits):
             raise SpecError("splits", self.splits, f"a non-empty list of {list(SPLITS)}")

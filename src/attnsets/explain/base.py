@@ -181,8 +181,8 @@ def resolve_target(target: int | Sequence[int] | np.ndarray | torch.Tensor | Non
 def resolve_method(method: str) -> tuple[str, Explainer]:
     name = ALIASES.get(method, method)
     if name not in EXPLAINERS:
-        raise SpecError("method", method,
-                        f"one of {EXPLAINERS.names()} (aliases: {sorted(ALIASES)})")
+        unknown = EXPLAINERS.unknown(method, "method")
+        raise SpecError("method", method, f"{unknown.allowed} (aliases: {sorted(ALIASES)})")
     return name, EXPLAINERS.get(name)
 
 

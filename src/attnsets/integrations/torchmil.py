@@ -3,14 +3,14 @@
 Needs the extra: ``pip install 'attnsets[torchmil]'`` (torchmil >= 1.0.2).
 
 Registration: importing this module calls `register_torchmil()`, which adds the names of
-`TORCHMIL_MODELS` to POOLINGS. Load it like any plugin, so that it also reaches every study
-worker process:
+`TORCHMIL_MODELS` to POOLINGS. You need not import it: attnsets' own ``attnsets.plugins`` entry
+point (`attnsets.integrations.torchmil_plugin`) does, the first time a registry is asked for a
+name it lacks, in the CLI, in Python and in every study worker process:
 
-    attnsets --plugin attnsets.integrations.torchmil run configs/paper-torchmil.toml
-    ATTNSETS_PLUGINS=attnsets.integrations.torchmil attnsets audit torchmil_transmil
+    attnsets run configs/paper-torchmil.toml
+    attnsets audit torchmil_transmil
 
-or ``import attnsets.integrations.torchmil`` in Python. (Nothing registers them behind your
-back: without the import, ``torchmil_abmil`` is an unknown pooling like any other typo.)
+Without torchmil installed, a ``torchmil_*`` name says which extra to install.
 
 How a torchmil model meets our contract (`TorchmilHead`):
 

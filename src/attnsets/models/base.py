@@ -152,7 +152,7 @@ class ModelSpec:
             if name is None:
                 continue
             if name not in registry:
-                errors.append(SpecError(field_name, name, f"one of {registry.names()}"))
+                errors.append(registry.unknown(name, field_name))
                 continue
             allowed = [p for p in inspect.signature(registry.get(name)).parameters
                        if p not in FIXED_PARAMETERS]

@@ -270,7 +270,8 @@ def load_builder(reference: str) -> ModelBuilder | str:
     if ":" not in reference:
         if reference in POOLINGS:
             return reference
-        raise SpecError("model", reference, f"a registered pooling ({POOLINGS.names()}) or "
+        raise SpecError("model", reference, f"a registered pooling "
+                                            f"({POOLINGS.unknown(reference).allowed}) or "
                                             "module:object / path/to/file.py:object")
     module_part, _, attribute = reference.rpartition(":")
     if not module_part or not attribute:

@@ -143,6 +143,10 @@ class Registered(Constraint):
     def describe(self) -> str:
         return f"one of {self.registry.names()}"
 
+    def errors(self, value: object, field: str) -> list[SpecError]:
+        # the registry's own message: the extra to install, or the closest names
+        return [] if self.accepts(value) else [self.registry.unknown(value, field)]
+
 
 class Text(Constraint):
     """A string of at least `min_length` characters."""
