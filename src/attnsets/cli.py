@@ -42,7 +42,10 @@ def _load_plugins(
 
 
 def _fail(err: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {err}")
+    from rich.markup import escape
+
+    # User strings (file names, column names, bag ids) may hold "[...]": not rich markup.
+    err_console.print(f"[bold red]error:[/] {escape(str(err))}")
     raise typer.Exit(code=2)
 
 
@@ -525,42 +528,83 @@ def explain_data(
     score every instance, and rate each bag by how much the members agree (label-free).
     With an .h5ad input the results are also written back as obs columns of a copy,
     OUT/<name>.attnsets.h5ad (attnsets[anndata])."""
-    from attnsets.data.own import load_bags
+    from attnsets.files import check_output_directory
     from attnsets.models import ModelSpec
-    from attnsets.own_data import explain_own_data
+    from attnsets.own_data import check_format, explain_own_data
 
-    h5ad = table.suffix.lower() == ".h5ad"
     try:
-        if h5ad:
-            try:
-                from attnsets.integrations.anndata import load_anndata, read_h5ad, write_h5ad
-            except ImportError as err:
-                raise SpecError("table", str(table), f"a CSV or Parquet file ({err})") from None
-            if features:
-                raise SpecError("features", features, "no feature columns with an .h5ad input: "
-                                                      "features come from X or --obsm KEY")
-            adata = read_h5ad(table)
-            data = load_anndata(adata, bag_column, label_column, obsm)
-        else:
-            if obsm is not None:
-                raise SpecError("obsm", obsm, "no --obsm with a CSV or Parquet input (it names "
-                                              "an AnnData embedding of an .h5ad file)")
-            data = load_bags(table, bag_column, label_column,
-                             [c.strip() for c in features.split(",")] if features else None)
+        check_format(fmt)
+        check_output_directory(out, "out")
+        data, adata = _load_own_input(table, bag_column, label_column, features, obsm)
         with console.status(f"training {members} members on {len(data)} bags and explaining"):
             result = explain_own_data(
                 data, model=ModelSpec(pooling=pooling, embed_dim=32), members=members,
                 training=_training_overrides(epochs, device), method=method,
                 seed=seed)
-        paths = result.write(out, fmt)
-        if h5ad:
-            paths = (*paths, write_h5ad(adata, result, out / f"{table.stem}.attnsets.h5ad"))
-    except (SpecError, SpecErrors) as err:
+        paths = _write_own_outputs(result, adata, table, out, fmt)
+    except (SpecError, SpecErrors, DataFormatError) as err:
         _fail(err)
         return
-    console.print(f"{len(data)} bags, {int(data.sizes.sum())} instances, features "
-                  f"{data.feature_names}" + (f" (ignored: {data.ignored_columns})"
-                                             if data.ignored_columns else ""))
+    _print_own_result(data, result, paths)
+
+
+def _load_own_input(table: Path, bag_column: str, label_column: str, features: str | None,
+                    obsm: str | None) -> tuple[Any, Any]:
+    """(OwnBags, the AnnData it came from or None) for explain-data's input file."""
+    from attnsets.data.own import load_bags
+    from attnsets.files import check_input_file
+
+    check_input_file(table, "table", (".csv", ".parquet", ".h5ad"))
+    if table.suffix.lower() == ".h5ad":
+        try:
+            from attnsets.integrations.anndata import load_anndata, read_h5ad
+        except ImportError as err:
+            raise SpecError("table", str(table), f"a CSV or Parquet file ({err})") from None
+        if features:
+            raise SpecError("features", features, "no feature columns with an .h5ad input: "
+                                                  "features come from X or --obsm KEY")
+        adata = read_h5ad(table)
+        return load_anndata(adata, bag_column, label_column, obsm), adata
+    if obsm is not None:
+        raise SpecError("obsm", obsm, "no --obsm with a CSV or Parquet input (it names "
+                                      "an AnnData embedding of an .h5ad file)")
+    return load_bags(table, bag_column, label_column,
+                     [c.strip() for c in features.split(",")] if features else None), None
+
+
+def _write_own_outputs(result: Any, adata: Any, table: Path, out: Path, fmt: str
+                       ) -> list[Path]:
+    """Every output file staged and moved into OUT together (nothing half-written)."""
+    from attnsets.files import staged_output
+    from attnsets.tables import write_table
+
+    names = [f"instances.{fmt}", f"bags.{fmt}"]
+    if adata is not None:
+        names.append(f"{table.stem}.attnsets.h5ad")
+    try:
+        with staged_output(out, "out") as staging:
+            write_table(result.instances, staging / names[0])
+            write_table(result.bags, staging / names[1])
+            if adata is not None:
+                from attnsets.integrations.anndata import write_h5ad
+
+                write_h5ad(adata, result, staging / names[2])
+    except OSError as err:
+        raise SpecError("out", str(out), f"a directory we can write the results in "
+                                         f"({err.strerror or err}: {err.filename or ''})") from None
+    return [out / name for name in names]
+
+
+def _print_own_result(data: Any, result: Any, paths: list[Path]) -> None:
+    from rich.markup import escape
+
+    console.print(escape(f"{len(data)} bags, {int(data.sizes.sum())} instances, features "
+                         f"{data.feature_names}" + (f" (ignored: {data.ignored_columns})"
+                                                    if data.ignored_columns else "")))
+    single = int((data.sizes == 1).sum())
+    if single:
+        console.print(f"[dim]{single} bag(s) hold a single instance: their rank agreement is "
+                      "undefined (NaN)[/]")
     view = Table(title="ensemble bag predictions and member agreement per split",
                  caption="rank agreement = mean pairwise Spearman of member scores in a bag; "
                          "top-k overlap = mean pairwise share of shared top-k instances")
@@ -575,11 +619,11 @@ def explain_data(
     console.print(view)
     held_out = result.bags[result.bags["split"] != "train"].sort_values("rank_agreement")
     if len(held_out):
-        console.print("held-out bags whose members agree least: " + ", ".join(
+        console.print(escape("held-out bags whose members agree least: " + ", ".join(
             f"{b} ({_fmt(a, 2)})" for b, a in zip(held_out["bag_id"].head(5),
                                                   held_out["rank_agreement"].head(5),
-                                                  strict=True)))
-    console.print("wrote " + ", ".join(map(str, paths[:-1])) + f" and {paths[-1]}")
+                                                  strict=True))))
+    console.print(escape("wrote " + ", ".join(map(str, paths[:-1])) + f" and {paths[-1]}"))
 
 
 def main() -> None:  # pragma: no cover - console entry
