@@ -286,13 +286,18 @@ def run(
 
 
 def _print_run_summary(summary: Any, out: Path) -> None:
+    from rich.markup import escape
+
     console.print(f"[bold]{summary.done} done, {summary.failed} failed, {summary.skipped} already "
-                  f"done[/] of {summary.total} cells in {summary.seconds:.0f}s; results in {out}")
+                  f"done[/] of {summary.total} cells in {summary.seconds:.0f}s; results in "
+                  f"{escape(str(out))}")
     for label, error in summary.failures:
-        console.print(f"[red]failed[/] {label}: {error}")
+        console.print(f"[red]failed[/] {escape(str(label))}: {escape(str(error))}")
 
 
 def _print_headline(out: Path) -> None:
+    from rich.markup import escape
+
     from attnsets.study.headline import headline_table
     from attnsets.study.results import results_frame
 
@@ -304,7 +309,8 @@ def _print_headline(out: Path) -> None:
                 "silent rate", "ensemble AUROC", "ensemble gain"):
         view.add_column(col, justify="left" if col in ("dataset", "rule", "model") else "right")
     for row in table.itertuples(index=False):
-        view.add_row(str(row.dataset), str(row.rule), str(row.model), str(row.cells),
+        view.add_row(escape(str(row.dataset)), escape(str(row.rule)), escape(str(row.model)),
+                     str(row.cells),
                      _fmt(row.bag_accuracy), _fmt(row.attention_auroc), _fmt(row.silent_rate),
                      _fmt(row.ensemble_auroc), f"{float(row.ensemble_gain):+.3f}"
                      if row.ensemble_gain == row.ensemble_gain else "—")
@@ -443,13 +449,18 @@ def audit_cmd(
         _fail(SpecError("seeds", seeds, "comma-separated integers, e.g. 0,1"))
         return
     try:
+        if out is not None:
+            from attnsets.files import check_output_directory
+            from attnsets.tables import check_table_path
+
+            check_output_directory(check_table_path(out, "out").parent, "out")
         entries = load_battery(battery) if battery else None
         with console.status("auditing") as status:
             result = audit(model, battery=entries, seeds=seed_list, members=members,
                            training=_training_overrides(epochs, device),
                            progress=lambda s: status.update(f"audit: {s}"))
         path = result.write(out) if out else None
-    except (SpecError, SpecErrors) as err:
+    except (SpecError, SpecErrors, DataFormatError) as err:
         _fail(err)
         return
     print_audit(result)
@@ -477,9 +488,10 @@ def _verdict(value: Any) -> str:
 def print_audit(result: Any) -> None:
     """The audit table: verdicts with the numbers behind them, then why verdicts failed."""
     from pandas import isna
+    from rich.markup import escape
 
     crit = result.criteria
-    table = Table(title=f"audit of {result.model} ({result.seconds:.0f}s)",
+    table = Table(title=f"audit of {escape(result.model)} ({result.seconds:.0f}s)",
                   caption=f"learns = {crit.bag_metric} >= {crit.min_bag_score} (val split "
                           f"for shifted-test rules); finds witnesses = attention "
                           f"{crit.importance_metric} > {crit.max_importance}; — = not judged")
@@ -489,7 +501,7 @@ def print_audit(result: Any) -> None:
     for row in result.table.to_dict("records"):
         silent = row["silent_members"]
         table.add_row(
-            row["entry"], _verdict(row["learns_task"]), _fmt(row["learn_score"]),
+            escape(str(row["entry"])), _verdict(row["learns_task"]), _fmt(row["learn_score"]),
             _verdict(row["attention_finds_witnesses"]), _fmt(row["attention_auroc"]),
             _verdict(row["no_silent_failures"]),
             "—" if isna(silent) else f"{silent}/{row['members_trained']}",
@@ -498,9 +510,9 @@ def print_audit(result: Any) -> None:
     console.print(table)
     for row in result.table.to_dict("records"):
         if row["notes"]:
-            console.print(f"[bold]{row['entry']}[/]: {row['notes']}")
+            console.print(f"[bold]{escape(str(row['entry']))}[/]: {escape(str(row['notes']))}")
     colour = "green" if result.passed else "red"
-    console.print(f"[bold {colour}]verdict: {result.verdict}[/]")
+    console.print(f"[bold {colour}]verdict: {escape(result.verdict)}[/]")
 
 
 @app.command("explain-data")
