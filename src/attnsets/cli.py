@@ -88,12 +88,18 @@ def make_dataset_cmd(
 ) -> None:
     """Generate a dataset from a config file and write it to disk."""
     from attnsets.data import DatasetSpec, make_dataset, save_dataset
+    from attnsets.files import check_output_directory
+    from attnsets.memory import check_generation_fits
 
     try:
         raw = dict(_dataset_section(load_config(config)))
         if seed is not None:
             raw["seed"] = seed
         spec = DatasetSpec.from_dict(raw)
+        if out.is_dir():
+            raise SpecError("out", str(out), "a .npz file path (this is a directory)")
+        check_output_directory(out.parent, "out")
+        check_generation_fits(spec)
         with console.status("generating") as status:
             dataset = make_dataset(spec, progress=lambda s: status.update(f"generating {s} split"))
         path = save_dataset(dataset, out)
@@ -256,6 +262,7 @@ def run(
                                           help="MLflow tracking URI (implies --mlflow)"),
 ) -> None:
     """Run a whole study: datasets x models x seeds x grid, stored in OUT/results.sqlite."""
+    from attnsets.memory import check_study_fits
     from attnsets.study.config import load_study
     from attnsets.study.runner import StudyExistsError, run_study
     from attnsets.study.store import StoreLockedError
@@ -263,6 +270,7 @@ def run(
     tracker = None
     try:
         study = load_study(config, device)
+        check_study_fits(study.cells)
         if mlflow or mlflow_uri:
             try:
                 from attnsets.integrations.mlflow import MlflowTracker, default_uri

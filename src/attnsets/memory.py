@@ -20,7 +20,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from attnsets.errors import SpecError, TooLargeError
 
@@ -172,3 +172,24 @@ def check_run_fits(run: RunSpec, field: str, what: str) -> None:
                             len(run.seeds), run.training.batch_size, embed_dim)
     estimate.parts.update(generation_estimate(run.dataset, info.instance_shape, info.kind).parts)
     check_fits(estimate, field, what)
+
+
+def check_study_fits(cells: Iterable[Any]) -> None:
+    """Refuse a study one of whose cells cannot fit (each dataset x model checked once)."""
+    seen: set[tuple[str, str]] = set()
+    for cell in cells:
+        key = (cell.dataset_name, cell.model_name)
+        if key in seen:
+            continue
+        seen.add(key)
+        check_run_fits(cell.run_spec, f"datasets.{cell.dataset_name}",
+                       f"cell {cell.dataset_name} x {cell.model_name}")
+
+
+def check_generation_fits(spec: DatasetSpec, field: str = "dataset") -> None:
+    """Refuse generating a dataset whose instances alone exceed the limit."""
+    from attnsets.run import dataset_info
+
+    info = dataset_info(spec)
+    check_fits(generation_estimate(spec, info.instance_shape, info.kind), field,
+               f"generating {sum(spec.bags.values())} bags")
