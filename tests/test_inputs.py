@@ -90,7 +90,7 @@ TABLE_CASES = {
                                                        "['bag', 'y', 'f0', 'f1']"]),
     "missing label value": ("t.csv", _with("y", 3, np.nan), [], ["label_column", "1 missing"]),
     "0-byte csv": ("t.csv", b"", [], ["table", "0 bytes"]),
-    "header only": ("t.csv", b"bag,y,f0\n", [], ["source", "only the header"]),
+    "header only": ("t.csv", b"bag,y,f0\n", [], ["table", "only the header"]),
     "parquet named .csv": ("t.csv", _parquet_bytes(), [], ["table", "content is Parquet",
                                                            "rename it to .parquet"]),
     "binary named .csv": ("t.csv", bytes(range(256)) * 4, [], ["table", "content is binary"]),
@@ -215,7 +215,7 @@ AUDIT_CASES = {
     "raises on import": ("raises_at_top.py:build", ["model", "RuntimeError",
                                                     "configured for another machine"]),
     "missing module": ("attnsets_no_such_module:build", ["model", "an importable module"]),
-    "not callable": ("not_callable.py:build", ["model", "a callable", "int"]),
+    "not callable": ("not_callable.py:build", ["model", "a callable", "of type int"]),
     "returns not a module": ("not_module.py:build", ["model_builder: got 'str'",
                                                      "torch.nn.Module"]),
     "builder raises": ("raises.py:build", ["model_builder", "ValueError: no GPU here"]),
@@ -302,7 +302,7 @@ def test_check_fits_names_the_estimate_and_the_limit(monkeypatch: pytest.MonkeyP
     err = caught.value
     assert err.field == "data" and err.needed == 3 * 1024 ** 2 and err.limit == 1024 ** 2
     assert "needs about 3.0 MiB (padded 2.0 MiB + maps 1.0 MiB)" in str(err)
-    assert "at most 1.0 MiB ($ATTNSETS_MEMORY_LIMIT" in str(err)
+    assert "at most 1.0 MiB (set by $ATTNSETS_MEMORY_LIMIT)" in str(err)
 
 
 def test_every_command_refuses_a_job_over_the_memory_limit(model_dir: Path) -> None:
@@ -321,10 +321,12 @@ def test_every_command_refuses_a_job_over_the_memory_limit(model_dir: Path) -> N
                    "--seeds", "0", "-o", str(tmp_path / "a.csv")], "battery.tiny: got"),
         "make-dataset": (["make-dataset", str(CONFIGS / "gaussian_presence.toml"), "--out",
                           str(tmp_path / "g.npz")], "dataset: got 'generating"),
-        "run": (["run", str(study), "--out", str(tmp_path / "study")], "datasets.d: got"),
+        "run": (["run", str(study), "--out", str(tmp_path / "study"), "--workers", "2"],
+                "datasets.d: got 'cell d x m needs about"),
     }
     for args, first in commands.values():
-        line = refused(args, "needs about", "at most 2.0 KiB", "$ATTNSETS_MEMORY_LIMIT", env=env)
+        line = refused(args, "needs about", "at most 2.0 KiB (set by $ATTNSETS_MEMORY_LIMIT)",
+                       env=env)
         assert line.startswith(f"error: {first}"), line
     assert {p.name for p in tmp_path.iterdir()} == before | {"study.toml", "t.csv"}
 

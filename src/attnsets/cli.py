@@ -270,7 +270,7 @@ def run(
     tracker = None
     try:
         study = load_study(config, device)
-        check_study_fits(study.cells)
+        check_study_fits(study.cells, workers)
         if mlflow or mlflow_uri:
             try:
                 from attnsets.integrations.mlflow import MlflowTracker, default_uri
@@ -588,8 +588,12 @@ def _load_own_input(table: Path, bag_column: str, label_column: str, features: s
     if obsm is not None:
         raise SpecError("obsm", obsm, "no --obsm with a CSV or Parquet input (it names "
                                       "an AnnData embedding of an .h5ad file)")
-    return load_bags(table, bag_column, label_column,
-                     [c.strip() for c in features.split(",")] if features else None), None
+    try:
+        return load_bags(table, bag_column, label_column,
+                         [c.strip() for c in features.split(",")] if features else None), None
+    except SpecError as err:  # the reader's "source" is this command's TABLE argument
+        raise (SpecError("table", err.value, err.allowed) if err.field == "source" else err
+               ) from None
 
 
 def _write_own_outputs(result: Any, adata: Any, table: Path, out: Path, fmt: str

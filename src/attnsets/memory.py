@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -124,10 +124,12 @@ def check_fits(estimate: MemoryEstimate, field: str, what: str) -> None:
     limit, source = memory_limit()
     if limit is None or estimate.total <= limit:
         return
+    how = f"set by ${LIMIT_ENV}" if source == f"${LIMIT_ENV}" else \
+        f"{source}; ${LIMIT_ENV} sets another limit"
     raise TooLargeError(field, f"{what} needs about {format_bytes(estimate.total)} "
                                f"({estimate.describe()})",
-                        f"at most {format_bytes(limit)} ({source}; set ${LIMIT_ENV} to change "
-                        "the limit, or use fewer or smaller bags)", estimate.total, limit)
+                        f"at most {format_bytes(limit)} ({how}): use fewer or smaller bags",
+                        estimate.total, limit)
 
 
 #: Standard deviations above the mean taken as the largest bag of a normal size distribution.
@@ -158,9 +160,9 @@ def generation_estimate(spec: DatasetSpec, instance_shape: Iterable[int], kind: 
                            total * numel * value_bytes(kind)})
 
 
-def check_run_fits(run: RunSpec, field: str, what: str) -> None:
+def check_run_fits(run: RunSpec, field: str, what: str, parallel: int = 1) -> None:
     """Refuse a run (dataset spec x model x members) whose estimate exceeds the limit, before
-    the data is generated."""
+    the data is generated; parallel: how many such runs share the memory at once (workers)."""
     from attnsets.models import ModelSpec
     from attnsets.run import dataset_info
 
@@ -171,19 +173,24 @@ def check_run_fits(run: RunSpec, field: str, what: str) -> None:
     estimate = run_estimate(spec_split_shapes(run.dataset), info.instance_shape, info.kind,
                             len(run.seeds), run.training.batch_size, embed_dim)
     estimate.parts.update(generation_estimate(run.dataset, info.instance_shape, info.kind).parts)
+    if parallel > 1:
+        estimate = MemoryEstimate({f"{parallel} workers x ({estimate.describe()})":
+                                   parallel * estimate.total})
     check_fits(estimate, field, what)
 
 
-def check_study_fits(cells: Iterable[Any]) -> None:
-    """Refuse a study one of whose cells cannot fit (each dataset x model checked once)."""
+def check_study_fits(cells: Sequence[Any], workers: int = 1) -> None:
+    """Refuse a study one of whose cells cannot fit, `workers` of them at once (each dataset x
+    model checked once)."""
     seen: set[tuple[str, str]] = set()
+    parallel = max(1, min(int(workers), len(cells)))
     for cell in cells:
         key = (cell.dataset_name, cell.model_name)
         if key in seen:
             continue
         seen.add(key)
         check_run_fits(cell.run_spec, f"datasets.{cell.dataset_name}",
-                       f"cell {cell.dataset_name} x {cell.model_name}")
+                       f"cell {cell.dataset_name} x {cell.model_name}", parallel)
 
 
 def check_generation_fits(spec: DatasetSpec, field: str = "dataset") -> None:

@@ -19,6 +19,7 @@ noise). `attnsets explain-data cells.h5ad --bag-column patient --label-column re
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,11 @@ def read_h5ad(path: str | Path) -> anndata.AnnData:
     """anndata.read_h5ad, with a missing or unreadable file reported as SpecError("source")."""
     path = check_input_file(path, "source", (".h5ad",))
     try:
-        return anndata.read_h5ad(path)
+        with warnings.catch_warnings():
+            # Repeated obs / var names: load_anndata refuses repeated feature names itself,
+            # with the field and the fix, instead of a warning line before it.
+            warnings.filterwarnings("ignore", message=".* names are not unique")
+            return anndata.read_h5ad(path)
     except Exception as err:  # noqa: BLE001 - every reader failure means the same to the user
         raise SpecError("source", str(path), f"a readable .h5ad file ({err})") from None
 

@@ -293,8 +293,8 @@ def load_builder(reference: str) -> ModelBuilder | ModelSpec | str:
                                                 f"it has {_public_names(target)})")
         target = getattr(target, part)
     if not callable(target):
-        raise SpecError("model", reference, "a callable (info, seed) -> nn.Module (it is a "
-                                            f"{type(target).__name__})")
+        raise SpecError("model", reference, "a callable (info, seed) -> nn.Module (this is "
+                                            f"an object of type {type(target).__name__})")
     return target  # type: ignore[no-any-return]
 
 
