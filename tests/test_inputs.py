@@ -146,14 +146,17 @@ def _h5ad(tmp_path: Path, repeat_var: bool = False, nan: bool = False) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("case", "fragments"), [
-    ("repeated var_names", ["X: got", "'g1'", "var_names_make_unique"]),
-    ("NaN in X", ["X: got 'g1'", "1 NaN"]),
-    ("missing obs column", ["bag_column: got 'sample'", "obs columns"]),
-    ("missing obsm key", ["obsm: got 'X_umap'", "obsm keys"]),
-])
-def test_explain_data_refuses_bad_h5ad_contents(tmp_path: Path, case: str,
-                                                fragments: list[str]) -> None:
+H5AD_CASES = {
+    "repeated var_names": ["X: got", "'g1'", "var_names_make_unique"],
+    "NaN in X": ["X: got 'g1'", "1 NaN"],
+    "missing obs column": ["bag_column: got 'sample'", "obs columns"],
+    "missing obsm key": ["obsm: got 'X_umap'", "obsm keys"],
+}
+
+
+@pytest.mark.parametrize("case", list(H5AD_CASES))
+def test_explain_data_refuses_bad_h5ad_contents(tmp_path: Path, case: str) -> None:
+    fragments = H5AD_CASES[case]
     path = _h5ad(tmp_path, repeat_var=case == "repeated var_names", nan=case == "NaN in X")
     bag = "sample" if case == "missing obs column" else "patient"
     extra = ["--obsm", "X_umap"] if case == "missing obsm key" else []
@@ -254,14 +257,17 @@ def _checkpoint(tmp_path: Path) -> Path:
     return save_model(model, tmp_path / "model.pt")
 
 
-@pytest.mark.parametrize(("case", "fragments"), [
-    ("0 bytes", ["not a readable attnsets checkpoint", "damaged or foreign"]),
-    ("truncated", ["not a readable attnsets checkpoint", "damaged or foreign"]),
-    ("foreign torch file", ["not an attnsets checkpoint"]),
-    ("missing", ["model", "an existing checkpoint file"]),
-])
-def test_audit_refuses_damaged_checkpoints(tmp_path: Path, case: str,
-                                           fragments: list[str]) -> None:
+CHECKPOINT_CASES = {
+    "0 bytes": ["not a readable attnsets checkpoint", "damaged or foreign"],
+    "truncated": ["not a readable attnsets checkpoint", "damaged or foreign"],
+    "foreign torch file": ["not an attnsets checkpoint"],
+    "missing": ["model", "an existing checkpoint file"],
+}
+
+
+@pytest.mark.parametrize("case", list(CHECKPOINT_CASES))
+def test_audit_refuses_damaged_checkpoints(tmp_path: Path, case: str) -> None:
+    fragments = CHECKPOINT_CASES[case]
     path = _checkpoint(tmp_path)
     if case == "0 bytes":
         path.write_bytes(b"")
@@ -284,6 +290,21 @@ def test_a_checkpoint_reference_audits_its_saved_architecture(tmp_path: Path) ->
 
 
 # --------------------------------------------------------------------------- sizes
+
+
+MEMORY_CASES = ("explain-data", "audit", "make-dataset", "run", "bad limit")
+#: Rows of docs/reliability.md checked by the single tests named after them.
+OTHER_CASES = ("out is a file", "binary config", "make-dataset out is a directory")
+
+
+def test_every_documented_case_is_tested() -> None:
+    """docs/reliability.md lists exactly the cases of this file: no row without a test, no
+    tested kind left out of the table."""
+    page = (ROOT / "docs" / "reliability.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| ([^|`]+?) \| `", page, re.MULTILINE)
+    expected = [*TABLE_CASES, *H5AD_CASES, *AUDIT_CASES, *CHECKPOINT_CASES, *MEMORY_CASES,
+                *OTHER_CASES]
+    assert sorted(rows) == sorted(expected)
 
 
 def test_parse_size_reads_units_and_refuses_junk() -> None:
@@ -324,6 +345,9 @@ def test_every_command_refuses_a_job_over_the_memory_limit(model_dir: Path) -> N
         "run": (["run", str(study), "--out", str(tmp_path / "study"), "--workers", "2"],
                 "datasets.d: got 'cell d x m needs about"),
     }
+    assert [*commands, "bad limit"] == list(MEMORY_CASES)
+    refused(commands["make-dataset"][0], "ATTNSETS_MEMORY_LIMIT: got 'lots'",
+            env={LIMIT_ENV: "lots"})
     for args, first in commands.values():
         line = refused(args, "needs about", "at most 2.0 KiB (set by $ATTNSETS_MEMORY_LIMIT)",
                        env=env)
