@@ -419,6 +419,7 @@ def test_explain_data_reads_and_writes_paths_with_spaces_and_non_ascii(tmp_path:
     table = folder / "cellules été.csv"
     frame = good_table(16, 3)
     frame["bag"] = [f"[bold]{b} é&<i>" for b in frame["bag"]]  # rich markup and HTML in ids
+    frame = frame.drop(index=[1, 2])  # bag 0 keeps a single instance: explained, noted
     frame.to_csv(table, index=False)
     out = folder / "sortie 1"
     result = runner.invoke(app, ["explain-data", str(table), "--bag-column", "bag",
@@ -428,6 +429,8 @@ def test_explain_data_reads_and_writes_paths_with_spaces_and_non_ascii(tmp_path:
     bags = pd.read_csv(out / "bags.csv")
     assert set(bags["bag_id"]) == set(frame["bag"])
     assert "[bold]" in result.output and "é&<i>" in result.output
+    assert "1 bag(s) hold a single instance" in result.output
+    assert bags.loc[bags["n_instances"] == 1, "rank_agreement"].isna().all()
     assert sorted(p.name for p in folder.iterdir()) == ["cellules été.csv", "sortie 1"]
 
 

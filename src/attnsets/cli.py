@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from attnsets.data.spec import load_config
-from attnsets.errors import DataFormatError, SpecError, SpecErrors
+from attnsets.errors import DataFormatError, SpecError, SpecErrors, TrainingDivergedError
 
 if TYPE_CHECKING:
     from attnsets.assessment import Assessment
@@ -562,7 +562,7 @@ def explain_data(
                 training=_training_overrides(epochs, device), method=method,
                 seed=seed)
         paths = _write_own_outputs(result, adata, table, out, fmt)
-    except (SpecError, SpecErrors, DataFormatError) as err:
+    except (SpecError, SpecErrors, DataFormatError, TrainingDivergedError) as err:
         _fail(err)
         return
     _print_own_result(data, result, paths)
