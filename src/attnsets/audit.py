@@ -31,6 +31,7 @@ from attnsets.assessment import Assessment
 from attnsets.data import SetDataset, make_dataset
 from attnsets.data.battery import BatteryEntry, resolve_battery
 from attnsets.errors import SpecError, SpecErrors, TrainingDivergedError
+from attnsets.memory import check_run_fits
 from attnsets.metrics import SilentFailureCriteria
 from attnsets.metrics.cluster import nanmean
 from attnsets.models import POOLINGS, InputInfo, ModelSpec, SetModel, build_model
@@ -112,7 +113,7 @@ def _candidate(model_builder: Any) -> _Candidate:
         if isinstance(resolved, str):
             return _Candidate(resolved, ModelSpec(pooling=resolved, embed_dim=AUDIT_EMBED_DIM,
                                                   per_encoder=AUDIT_PER_ENCODER))
-        return _Candidate(model_builder, resolved)
+        return _Candidate(model_builder, resolved)  # a builder, or a checkpoint's ModelSpec
     if isinstance(model_builder, ModelSpec):
         POOLINGS.get(model_builder.pooling, "model_builder.pooling")
         return _Candidate(model_builder.pooling, model_builder)
@@ -169,10 +170,33 @@ def audit(model_builder: ModelBuilder | str | ModelSpec, *,
     criteria = _criteria(thresholds)
     assess_spec = AssessSpec(explainers=("attention",), criteria=criteria, bootstrap=0,
                              curve_subsets=10, deletion_steps=5)
+    run_specs = {entry.name: RunSpec(entry.dataset, candidate.model, spec,
+                                     member_seeds(replicates[0], members), assess_spec)
+                 for entry in entries}
+    for entry in entries:  # sizes first: nothing generated for a battery that cannot fit
+        check_run_fits(run_specs[entry.name], f"battery.{entry.name}",
+                       f"auditing {entry.name!r} with {members} members")
+    datasets, runs = _prepare(candidate, entries, replicates, progress)
+    for run in runs:
+        entry_started = time.perf_counter()
+        for replicate in replicates:
+            run_spec = dataclasses.replace(run_specs[run.entry.name], dataset=None,
+                                           seeds=member_seeds(replicate, members))
+            _train_entry(run, candidate, run_spec, datasets[run.entry.name, replicate],
+                         f"{run.entry.name} (seed {replicate})", replicate, progress)
+        run.seconds = time.perf_counter() - entry_started
+    table = pd.DataFrame([_row(run, criteria, members * len(replicates)) for run in runs])
+    return AuditResult(candidate.name, _typed(table), runs, criteria,
+                       time.perf_counter() - started)
+
+
+def _prepare(candidate: _Candidate, entries: Sequence[BatteryEntry], replicates: list[int],
+             progress: Progress | None
+             ) -> tuple[dict[tuple[str, int], SetDataset], list[EntryRun]]:
+    """Every dataset generated and every probe run before the first training, so that a
+    broken model fails in seconds, not after minutes of training."""
     datasets: dict[tuple[str, int], SetDataset] = {}
     runs = []
-    # Every dataset is generated and every probe run before the first training, so that a
-    # broken model fails in seconds, not after minutes of training.
     for entry in entries:
         for replicate in replicates:
             if progress:
@@ -185,46 +209,56 @@ def audit(model_builder: ModelBuilder | str | ModelSpec, *,
         first = datasets[entry.name, replicates[0]]
         probe = probe_model(candidate.build(InputInfo.from_dataset(first), 0), first)
         runs.append(EntryRun(entry, probe))
-    for run in runs:
-        entry_started = time.perf_counter()
-        for replicate in replicates:
-            dataset = datasets[run.entry.name, replicate]
-            label = f"{run.entry.name} (seed {replicate})"
-            run_spec = RunSpec(None, candidate.model, spec, member_seeds(replicate, members),
-                               assess_spec)
-            try:
-                result = execute(run_spec, dataset, progress=(lambda s, label=label: progress(
-                    f"{label}: {s}")) if progress else None)
-            except TrainingDivergedError as err:
-                run.errors.append(f"seed {replicate}: {err}")
-                continue
-            except Exception as err:
-                if isinstance(candidate.model, ModelSpec):
-                    raise
-                # User code that passed the probe but fails in training (e.g. on another bag
-                # size) is an audit finding for this entry, not a reason to stop the audit.
-                run.errors.append(f"seed {replicate}: training failed: "
-                                  f"{type(err).__name__}: {err}")
-                continue
-            assert result.assessment is not None
-            run.metrics.append(result.assessment)
-        run.seconds = time.perf_counter() - entry_started
-    table = pd.DataFrame([_row(run, criteria, members * len(replicates)) for run in runs])
-    return AuditResult(candidate.name, _typed(table), runs, criteria,
-                       time.perf_counter() - started)
+    return datasets, runs
+
+
+def _train_entry(run: EntryRun, candidate: _Candidate, run_spec: RunSpec, dataset: SetDataset,
+                 label: str, replicate: int, progress: Progress | None) -> None:
+    """Train and assess one replicate of an entry; a diverged or failing user model is
+    recorded as an error of the entry (the audit goes on)."""
+    try:
+        result = execute(run_spec, dataset, progress=(lambda s: progress(f"{label}: {s}"))
+                         if progress else None)
+    except TrainingDivergedError as err:
+        run.errors.append(f"seed {replicate}: {err}")
+        return
+    except Exception as err:
+        if isinstance(candidate.model, ModelSpec):
+            raise
+        # User code that passed the probe but fails in training (e.g. on another bag
+        # size) is an audit finding for this entry, not a reason to stop the audit.
+        run.errors.append(f"seed {replicate}: training failed: {type(err).__name__}: {err}")
+        return
+    assert result.assessment is not None
+    run.metrics.append(result.assessment)
 
 
 # --------------------------------------------------------------------------- verdicts
 
 
 def _row(run: EntryRun, criteria: SilentFailureCriteria, planned: int) -> dict[str, Any]:
+    """One table row: the entry's identity, the numbers behind the verdicts, the verdicts."""
     entry, probe, metrics = run.entry, run.probe, run.metrics
-    bag_key = criteria.bag_metric
     row: dict[str, Any] = {
         "entry": entry.name, "modality": entry.dataset.pool.name, "rule": entry.dataset.rule.name,
         "shifted_test": entry.shifted_test, "members_trained": sum(m.n_members for m in metrics),
         "members_planned": planned,
     }
+    silent = _numbers(row, run, criteria)
+    notes: list[str] = [*probe.problems(), *run.errors]
+    row.update(_verdicts(row, run, criteria, silent, notes))
+    verdicts = [row["learns_task"], row["attention_finds_witnesses"], row["no_silent_failures"],
+                row["passes_unit_test"], probe.respects_padding, not run.errors]
+    row["passed"] = all(v is not False for v in verdicts)
+    row["notes"] = "; ".join(notes)
+    return row
+
+
+def _numbers(row: dict[str, Any], run: EntryRun, criteria: SilentFailureCriteria
+             ) -> list[bool]:
+    """Fill the measured columns of `row`; returns the per-member silent-failure flags."""
+    entry, probe, metrics = run.entry, run.probe, run.metrics
+    bag_key, key = criteria.bag_metric, criteria.importance_metric
     flags = [f for m in metrics if m.unit_test is not None for f in m.unit_test.members]
     row["test_" + bag_key] = nanmean([b.value(bag_key) for m in metrics for b in m.member_bag])
     row["val_" + bag_key] = nanmean([f.train_metric for f in flags]) if entry.shifted_test \
@@ -232,7 +266,6 @@ def _row(run: EntryRun, criteria: SilentFailureCriteria, planned: int) -> dict[s
     row["learn_split"] = "val" if entry.shifted_test else "test"
     row["learn_score"] = row["val_" + bag_key] if entry.shifted_test else row["test_" + bag_key]
     has_attention = probe.has_attention and all("attention" in m.explainers for m in metrics)
-    key = criteria.importance_metric
     attention = [m.explainers["attention"] for m in metrics if "attention" in m.explainers]
     member_importance = [r[key] for a in attention for r in a.members]
     silent = [s for a in attention for s in a.silent]
@@ -246,9 +279,14 @@ def _row(run: EntryRun, criteria: SilentFailureCriteria, planned: int) -> dict[s
     row["padding_attention_max"] = probe.padding_attention_max
     row["padding_probability_change"] = probe.padding_probability_change
     row["train_seconds"] = run.seconds
-    notes: list[str] = [*probe.problems(), *run.errors]
+    return silent
 
-    trained = bool(metrics)
+
+def _verdicts(row: dict[str, Any], run: EntryRun, criteria: SilentFailureCriteria,
+              silent: list[bool], notes: list[str]) -> dict[str, bool | None]:
+    """The verdict columns (None = not judged); why a verdict failed is appended to notes."""
+    bag_key, key = criteria.bag_metric, criteria.importance_metric
+    trained = bool(run.metrics)
     learns = trained and row["learn_score"] >= criteria.min_bag_score
     if not trained:
         notes.append("no member could be trained")
@@ -257,7 +295,7 @@ def _row(run: EntryRun, criteria: SilentFailureCriteria, planned: int) -> dict[s
                      f"{row['learn_split']} split < {criteria.min_bag_score})")
     finds: bool | None = None
     no_silent: bool | None = None
-    if not probe.has_attention:
+    if not run.probe.has_attention:
         notes.append("the model returns no attention: attention verdicts not judged")
     elif trained:
         no_silent = not any(silent)
@@ -269,18 +307,14 @@ def _row(run: EntryRun, criteria: SilentFailureCriteria, planned: int) -> dict[s
                 notes.append(f"attention misses the witnesses ({key} "
                              f"{row['attention_' + key]:.3f} <= {criteria.max_importance})")
     passes_unit: bool | None = None
-    if entry.shifted_test and learns:
+    if run.entry.shifted_test and learns:
         passes_unit = row["unit_test_flagged_members"] == 0
         if not passes_unit:
             notes.append(f"{row['unit_test_flagged_members']} member(s) fail the shifted test "
                          "split (learned a shortcut)")
-    row.update({"learns_task": learns, "attention_finds_witnesses": finds,
-                "no_silent_failures": no_silent, "passes_unit_test": passes_unit,
-                "respects_padding": probe.respects_padding})
-    verdicts = [learns, finds, no_silent, passes_unit, probe.respects_padding, not run.errors]
-    row["passed"] = all(v is not False for v in verdicts)
-    row["notes"] = "; ".join(notes)
-    return row
+    return {"learns_task": learns, "attention_finds_witnesses": finds,
+            "no_silent_failures": no_silent, "passes_unit_test": passes_unit,
+            "respects_padding": run.probe.respects_padding}
 
 
 #: The verdict columns, first in the table.

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from attnsets.data.spec import load_config
-from attnsets.errors import DataFormatError, SpecError, SpecErrors
+from attnsets.errors import DataFormatError, SpecError, SpecErrors, TrainingDivergedError
 
 if TYPE_CHECKING:
     from attnsets.assessment import Assessment
@@ -59,7 +59,10 @@ def _show_plugin_warning(message: Warning | str, category: type[Warning], *args:
 
 
 def _fail(err: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {err}")
+    from rich.markup import escape
+
+    # User strings (file names, column names, bag ids) may hold "[...]": not rich markup.
+    err_console.print(f"[bold red]error:[/] {escape(str(err))}")
     raise typer.Exit(code=2)
 
 
@@ -102,12 +105,18 @@ def make_dataset_cmd(
 ) -> None:
     """Generate a dataset from a config file and write it to disk."""
     from attnsets.data import DatasetSpec, make_dataset, save_dataset
+    from attnsets.files import check_output_directory
+    from attnsets.memory import check_generation_fits
 
     try:
         raw = dict(_dataset_section(load_config(config)))
         if seed is not None:
             raw["seed"] = seed
         spec = DatasetSpec.from_dict(raw)
+        if out.is_dir():
+            raise SpecError("out", str(out), "a .npz file path (this is a directory)")
+        check_output_directory(out.parent, "out")
+        check_generation_fits(spec)
         with console.status("generating") as status:
             dataset = make_dataset(spec, progress=lambda s: status.update(f"generating {s} split"))
         path = save_dataset(dataset, out)
@@ -271,6 +280,7 @@ def run(
                                           help="MLflow tracking URI (implies --mlflow)"),
 ) -> None:
     """Run a whole study: datasets x models x seeds x grid, stored in OUT/results.sqlite."""
+    from attnsets.memory import check_study_fits
     from attnsets.study.config import load_study
     from attnsets.study.runner import StudyExistsError, run_study
     from attnsets.study.store import StoreLockedError
@@ -278,6 +288,7 @@ def run(
     tracker = None
     try:
         study = load_study(config, device)
+        check_study_fits(study.cells, workers)
         if mlflow or mlflow_uri:
             try:
                 from attnsets.integrations.mlflow import MlflowTracker, default_uri
@@ -304,15 +315,20 @@ def run(
 
 
 def _print_run_summary(summary: Any, out: Path) -> None:
+    from rich.markup import escape
+
     console.print(f"[bold]{summary.done} done, {summary.failed} failed, {summary.skipped} already "
-                  f"done[/] of {summary.total} cells in {summary.seconds:.0f}s; results in {out}")
+                  f"done[/] of {summary.total} cells in {summary.seconds:.0f}s; results in "
+                  f"{escape(str(out))}")
     for label, error in summary.failures:
-        console.print(f"[red]failed[/] {label}: {error}")
+        console.print(f"[red]failed[/] {escape(str(label))}: {escape(str(error))}")
 
 
 def _print_headline(out: Path) -> None:
     """The headline table of the study in `out` (attnsets.headline per dataset x model) for
     the study's importance metric and headline explainer."""
+    from rich.markup import escape
+
     from attnsets.report.collect import open_results as load_results
     from attnsets.report.tables import headline_rows, study_metric
 
@@ -327,7 +343,8 @@ def _print_headline(out: Path) -> None:
     for row in headline_rows(study):
         found, bags = row.headline.explainer, row.headline.bags
         gain = found.ensemble_gain if found else math.nan
-        view.add_row(row.dataset, row.rule, row.model, str(bags.cells), _fmt(bags.accuracy),
+        view.add_row(escape(str(row.dataset)), escape(str(row.rule)), escape(str(row.model)),
+                     str(bags.cells), _fmt(bags.accuracy),
                      _fmt(found.importance.value if found else math.nan),
                      _fmt(found.silent_rate if found else math.nan),
                      _fmt(found.ensemble if found else math.nan),
@@ -484,13 +501,18 @@ def audit_cmd(
         _fail(SpecError("seeds", seeds, "comma-separated integers, e.g. 0,1"))
         return
     try:
+        if out is not None:
+            from attnsets.files import check_output_directory
+            from attnsets.tables import check_table_path
+
+            check_output_directory(check_table_path(out, "out").parent, "out")
         entries = load_battery(battery) if battery else None
         with console.status("auditing") as status:
             result = audit(model, battery=entries, seeds=seed_list, members=members,
                            training=_training_overrides(epochs, device),
                            progress=lambda s: status.update(f"audit: {s}"))
         path = result.write(out) if out else None
-    except (SpecError, SpecErrors) as err:
+    except (SpecError, SpecErrors, DataFormatError) as err:
         _fail(err)
         return
     print_audit(result)
@@ -518,9 +540,10 @@ def _yes_no(value: Any) -> str:
 def print_audit(result: Any) -> None:
     """The audit table: verdicts with the numbers behind them, then why verdicts failed."""
     from pandas import isna
+    from rich.markup import escape
 
     crit = result.criteria
-    table = Table(title=f"audit of {result.model} ({result.seconds:.0f}s)",
+    table = Table(title=f"audit of {escape(result.model)} ({result.seconds:.0f}s)",
                   caption=f"learns = {crit.bag_metric} >= {crit.min_bag_score} (val split "
                           f"for shifted-test rules); finds witnesses = attention "
                           f"{crit.importance_metric} > {crit.max_importance}; — = not judged")
@@ -531,7 +554,7 @@ def print_audit(result: Any) -> None:
     for row in result.table.to_dict("records"):
         silent = row["silent_members"]
         table.add_row(
-            row["entry"], _yes_no(row["learns_task"]), _fmt(row["learn_score"]),
+            escape(str(row["entry"])), _yes_no(row["learns_task"]), _fmt(row["learn_score"]),
             _yes_no(row["attention_finds_witnesses"]), _fmt(row[f"attention_{key}"]),
             _yes_no(row["no_silent_failures"]),
             "—" if isna(silent) else f"{silent}/{row['members_trained']}",
@@ -540,9 +563,9 @@ def print_audit(result: Any) -> None:
     console.print(table)
     for row in result.table.to_dict("records"):
         if row["notes"]:
-            console.print(f"[bold]{row['entry']}[/]: {row['notes']}")
+            console.print(f"[bold]{escape(str(row['entry']))}[/]: {escape(str(row['notes']))}")
     colour = "green" if result.passed else "red"
-    console.print(f"[bold {colour}]verdict: {result.verdict}[/]")
+    console.print(f"[bold {colour}]verdict: {escape(result.verdict)}[/]")
 
 
 @app.command("explain-data")
@@ -570,42 +593,87 @@ def explain_data(
     score every instance, and rate each bag by how much the members agree (label-free).
     With an .h5ad input the results are also written back as obs columns of a copy,
     OUT/<name>.attnsets.h5ad (attnsets[anndata])."""
-    from attnsets.data.own import load_bags
+    from attnsets.files import check_output_directory
     from attnsets.models import ModelSpec
-    from attnsets.own_data import explain_own_data
+    from attnsets.own_data import check_format, explain_own_data
 
-    h5ad = table.suffix.lower() == ".h5ad"
     try:
-        if h5ad:
-            try:
-                from attnsets.integrations.anndata import load_anndata, read_h5ad, write_h5ad
-            except ImportError as err:
-                raise SpecError("table", str(table), f"a CSV or Parquet file ({err})") from None
-            if features:
-                raise SpecError("features", features, "no feature columns with an .h5ad input: "
-                                                      "features come from X or --obsm KEY")
-            adata = read_h5ad(table)
-            data = load_anndata(adata, bag_column, label_column, obsm)
-        else:
-            if obsm is not None:
-                raise SpecError("obsm", obsm, "no --obsm with a CSV or Parquet input (it names "
-                                              "an AnnData embedding of an .h5ad file)")
-            data = load_bags(table, bag_column, label_column,
-                             [c.strip() for c in features.split(",")] if features else None)
+        check_format(fmt)
+        check_output_directory(out, "out")
+        data, adata = _load_own_input(table, bag_column, label_column, features, obsm)
         with console.status(f"training {members} members on {len(data)} bags and explaining"):
             result = explain_own_data(
                 data, model=ModelSpec(pooling=pooling, embed_dim=32), members=members,
                 training=_training_overrides(epochs, device), method=method,
                 seed=seed)
-        paths = result.write(out, fmt)
-        if h5ad:
-            paths = (*paths, write_h5ad(adata, result, out / f"{table.stem}.attnsets.h5ad"))
-    except (SpecError, SpecErrors) as err:
+        paths = _write_own_outputs(result, adata, table, out, fmt)
+    except (SpecError, SpecErrors, DataFormatError, TrainingDivergedError) as err:
         _fail(err)
         return
-    console.print(f"{len(data)} bags, {int(data.sizes.sum())} instances, features "
-                  f"{data.feature_names}" + (f" (ignored: {data.ignored_columns})"
-                                             if data.ignored_columns else ""))
+    _print_own_result(data, result, paths)
+
+
+def _load_own_input(table: Path, bag_column: str, label_column: str, features: str | None,
+                    obsm: str | None) -> tuple[Any, Any]:
+    """(OwnBags, the AnnData it came from or None) for explain-data's input file."""
+    from attnsets.data.own import load_bags
+    from attnsets.files import check_input_file
+
+    check_input_file(table, "table", (".csv", ".parquet", ".h5ad"))
+    if table.suffix.lower() == ".h5ad":
+        try:
+            from attnsets.integrations.anndata import load_anndata, read_h5ad
+        except ImportError as err:
+            raise SpecError("table", str(table), f"a CSV or Parquet file ({err})") from None
+        if features:
+            raise SpecError("features", features, "no feature columns with an .h5ad input: "
+                                                  "features come from X or --obsm KEY")
+        adata = read_h5ad(table)
+        return load_anndata(adata, bag_column, label_column, obsm), adata
+    if obsm is not None:
+        raise SpecError("obsm", obsm, "no --obsm with a CSV or Parquet input (it names "
+                                      "an AnnData embedding of an .h5ad file)")
+    try:
+        return load_bags(table, bag_column, label_column,
+                         [c.strip() for c in features.split(",")] if features else None), None
+    except SpecError as err:  # the reader's "source" is this command's TABLE argument
+        raise (SpecError("table", err.value, err.allowed) if err.field == "source" else err
+               ) from None
+
+
+def _write_own_outputs(result: Any, adata: Any, table: Path, out: Path, fmt: str
+                       ) -> list[Path]:
+    """Every output file staged and moved into OUT together (nothing half-written)."""
+    from attnsets.files import staged_output
+    from attnsets.tables import write_table
+
+    names = [f"instances.{fmt}", f"bags.{fmt}"]
+    if adata is not None:
+        names.append(f"{table.stem}.attnsets.h5ad")
+    try:
+        with staged_output(out, "out") as staging:
+            write_table(result.instances, staging / names[0])
+            write_table(result.bags, staging / names[1])
+            if adata is not None:
+                from attnsets.integrations.anndata import write_h5ad
+
+                write_h5ad(adata, result, staging / names[2])
+    except OSError as err:
+        raise SpecError("out", str(out), f"a directory we can write the results in "
+                                         f"({err.strerror or err}: {err.filename or ''})") from None
+    return [out / name for name in names]
+
+
+def _print_own_result(data: Any, result: Any, paths: list[Path]) -> None:
+    from rich.markup import escape
+
+    console.print(escape(f"{len(data)} bags, {int(data.sizes.sum())} instances, features "
+                         f"{data.feature_names}" + (f" (ignored: {data.ignored_columns})"
+                                                    if data.ignored_columns else "")))
+    single = int((data.sizes == 1).sum())
+    if single:
+        console.print(f"[dim]{single} bag(s) hold a single instance: their rank agreement is "
+                      "undefined (NaN)[/]")
     view = Table(title="ensemble bag predictions and member agreement per split",
                  caption="rank agreement = mean pairwise Spearman of member scores in a bag; "
                          "top-k overlap = mean pairwise share of shared top-k instances")
@@ -620,11 +688,11 @@ def explain_data(
     console.print(view)
     held_out = result.bags[result.bags["split"] != "train"].sort_values("rank_agreement")
     if len(held_out):
-        console.print("held-out bags whose members agree least: " + ", ".join(
+        console.print(escape("held-out bags whose members agree least: " + ", ".join(
             f"{b} ({_fmt(a, 2)})" for b, a in zip(held_out["bag_id"].head(5),
                                                   held_out["rank_agreement"].head(5),
-                                                  strict=True)))
-    console.print("wrote " + ", ".join(map(str, paths[:-1])) + f" and {paths[-1]}")
+                                                  strict=True))))
+    console.print(escape("wrote " + ", ".join(map(str, paths[:-1])) + f" and {paths[-1]}"))
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -39,3 +39,18 @@ class DataFormatError(ValueError):
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the run stopped instead of returning a broken model."""
+
+
+class TooLargeError(SpecError):
+    """A job whose estimated memory exceeds the limit, refused before anything is allocated.
+
+    `needed` and `limit` are bytes (see `attnsets.memory`)."""
+
+    def __init__(self, field: str, value: Any, allowed: str, needed: int, limit: int) -> None:
+        super().__init__(field, value, allowed)
+        self.needed = needed
+        self.limit = limit
+
+    def with_prefix(self, prefix: str) -> TooLargeError:
+        field = f"{prefix}.{self.field}" if prefix else self.field
+        return TooLargeError(field, self.value, self.allowed, self.needed, self.limit)

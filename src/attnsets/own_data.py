@@ -25,6 +25,8 @@ from attnsets.data import SetDataset, make_dataset
 from attnsets.data.own import DEFAULT_FRACTIONS, OwnBags, rows_of, split_bags
 from attnsets.data.spec import SPLITS
 from attnsets.errors import SpecError, SpecErrors
+from attnsets.files import staged_output
+from attnsets.memory import check_fits, run_estimate
 from attnsets.metrics import bag_metrics, combine_probs, per_bag_auroc
 from attnsets.metrics.agreement import agreement, correlation, descending_rank
 from attnsets.models import ModelSpec, SetModel
@@ -54,12 +56,25 @@ class OwnDataResult:
     arrays: dict[str, np.ndarray]
 
     def write(self, directory: str | Path, fmt: str = "csv") -> tuple[Path, Path]:
-        """Write instances.<fmt> and bags.<fmt> (fmt csv or parquet) into `directory`."""
-        if fmt not in ("csv", "parquet"):
-            raise SpecError("fmt", fmt, "'csv' or 'parquet'")
+        """Write instances.<fmt> and bags.<fmt> (fmt csv or parquet) into `directory`; both
+        are staged and moved into place together (`attnsets.files.staged_output`)."""
+        check_format(fmt)
         directory = Path(directory)
-        return (write_table(self.instances, directory / f"instances.{fmt}"),
-                write_table(self.bags, directory / f"bags.{fmt}"))
+        with staged_output(directory, "directory") as staging:
+            write_table(self.instances, staging / f"instances.{fmt}")
+            write_table(self.bags, staging / f"bags.{fmt}")
+        return directory / f"instances.{fmt}", directory / f"bags.{fmt}"
+
+
+#: Formats of the written instance and bag tables.
+OUTPUT_FORMATS = ("csv", "parquet")
+
+
+def check_format(fmt: str) -> str:
+    """`fmt` if it is one of OUTPUT_FORMATS; SpecError("fmt") otherwise."""
+    if fmt not in OUTPUT_FORMATS:
+        raise SpecError("fmt", fmt, " or ".join(map(repr, OUTPUT_FORMATS)))
+    return fmt
 
 
 def explain_own_data(data: OwnBags | SetDataset, *, model: ModelSpec = DEFAULT_MODEL,
@@ -74,72 +89,102 @@ def explain_own_data(data: OwnBags | SetDataset, *, model: ModelSpec = DEFAULT_M
     data: OwnBags (split here with `split_bags(data, fractions, seed)`) or a SetDataset already
     split. All bags are explained by default; the `split` column says which ones the members
     were trained on: read held-out bags (val / test) for an honest picture. Each bag is
-    explained for its own label. method: any explainer that applies to the model."""
+    explained for its own label. method: any explainer that applies to the model.
+    Raises TooLargeError (field ``data``) before training when the estimated memory of the
+    padded splits and per-bag maps exceeds the limit (`attnsets.memory`)."""
+    _check_arguments(model, members, seed)
+    outputs = OutputSpec(method, tuple([splits] if isinstance(splits, str) else splits),
+                         seed=seed, batch_size=batch_size)
+    dataset, own = _split_data(data, fractions, seed)
+    train = training_spec(training, OWN_DATA_TRAINING)
+    shapes = {name: (len(split), int(split.sizes.max()))
+              for name, split in dataset.splits.items() if len(split)}
+    check_fits(run_estimate(shapes, dataset.instance_shape, dataset.kind, members,
+                            train.batch_size, model.embed_dim, kept_maps=True), "data",
+               f"explaining {sum(b for b, _ in shapes.values())} bags with {members} members")
+    result = execute(RunSpec(None, model, train, tuple(range(seed, seed + members)),
+                             assess=None, outputs=outputs), dataset)
+    class_names = np.asarray(list(own.class_names) if own is not None else [
+        str(c) for c in range(dataset.n_classes)], dtype=object)
+    instance_frames, bag_frames = [], []
+    metrics: dict[str, dict[str, float]] = {}
+    arrays: dict[str, np.ndarray] = {}
+    for split_name in outputs.splits:
+        out = result.outputs[split_name]
+        bag_ids, rows = _bag_identity(dataset, own, split_name)
+        signals = agreement(out.scores, out.mask, top_fraction)
+        ens_probs = combine_probs(out.probs)
+        metrics[split_name] = {k: float(v) for k, v in bag_metrics(
+            dataset.splits[split_name].labels, ens_probs).items()}
+        split = dataset.splits[split_name]
+        bag_frames.append(_bag_frame(split, split_name, bag_ids, class_names, ens_probs,
+                                     signals))
+        instance_frames.append(_instance_frame(split, split_name, bag_ids, rows, out.mask,
+                                               signals))
+        arrays[f"{split_name}/scores"] = out.scores.astype(np.float32)
+        arrays[f"{split_name}/mask"] = out.mask
+        arrays[f"{split_name}/consensus"] = signals.consensus
+    return OwnDataResult(pd.concat(instance_frames, ignore_index=True),
+                         pd.concat(bag_frames, ignore_index=True), metrics, result.members,
+                         dataset, method, arrays)
+
+
+def _check_arguments(model: Any, members: Any, seed: Any) -> None:
     if not is_int(members) or members < 2:
         raise SpecError("members", members, "an integer >= 2 (agreement needs two members)")
     Interval(int, 0).require(seed, "seed")
     if not isinstance(model, ModelSpec):
         raise SpecError("model", type(model).__name__, "a ModelSpec")
-    outputs = OutputSpec(method, tuple([splits] if isinstance(splits, str) else splits),
-                         seed=seed, batch_size=batch_size)
+
+
+def _split_data(data: Any, fractions: Sequence[float], seed: int
+                ) -> tuple[SetDataset, OwnBags | None]:
     if isinstance(data, OwnBags):
-        dataset = split_bags(data, fractions, seed)
-        own: OwnBags | None = data
-    elif isinstance(data, SetDataset):
-        dataset, own = data, None
-    else:
-        raise SpecError("data", type(data).__name__, "OwnBags (load_bags / bags_from_arrays) "
-                                                     "or a SetDataset")
-    result = execute(RunSpec(None, model, training_spec(training, OWN_DATA_TRAINING),
-                             tuple(range(seed, seed + members)), assess=None, outputs=outputs),
-                     dataset)
-    instance_frames, bag_frames = [], []
-    metrics: dict[str, dict[str, float]] = {}
-    arrays: dict[str, np.ndarray] = {}
-    class_names = list(own.class_names) if own is not None else [
-        str(c) for c in range(dataset.n_classes)]
-    for split_name in outputs.splits:
-        split = dataset.splits[split_name]
-        out = result.outputs[split_name]
-        mask = out.mask
-        signals = agreement(out.scores, mask, top_fraction)
-        ens_probs = combine_probs(out.probs)
-        metrics[split_name] = {k: float(v) for k, v in bag_metrics(split.labels, ens_probs)
-                               .items()}
-        if own is not None:
-            index = np.asarray(dataset.metadata["bag_index"][split_name], dtype=np.int64)
-            bag_ids = own.bag_ids[index]
-            rows = own.rows[rows_of(own.offsets, index)]
-        else:
-            index = np.arange(len(split))
-            bag_ids = np.array([f"{split_name}:{i}" for i in index], dtype=object)
-            rows = np.arange(split.offsets[-1]) - np.repeat(split.offsets[:-1], split.sizes)
-        predicted = ens_probs.argmax(axis=1)
-        bag_frames.append(pd.DataFrame({
-            "bag_id": bag_ids, "split": split_name, "label": split.labels,
-            "label_name": np.asarray(class_names, dtype=object)[split.labels],
-            "predicted": predicted,
-            "predicted_name": np.asarray(class_names, dtype=object)[predicted],
-            "p_label": ens_probs[np.arange(len(split)), split.labels],
-            "correct": predicted == split.labels, "n_instances": split.sizes,
-            "k": signals.k, "rank_agreement": signals.rank_agreement,
-            "top_k_overlap": signals.top_k_overlap}))
-        positions = np.broadcast_to(np.arange(mask.shape[1]), mask.shape)[mask]
-        bag_of = np.broadcast_to(np.arange(len(split))[:, None], mask.shape)[mask]
-        consensus = signals.consensus
-        instance_frames.append(pd.DataFrame({
-            "bag_id": bag_ids[bag_of], "split": split_name, "instance": positions,
-            "row": rows, "label": split.labels[bag_of],
-            "consensus": consensus[mask], "consensus_rank": descending_rank(consensus, mask)[mask],
-            "rank_mean": signals.rank_mean[mask],
-            "rank_spread": signals.rank_spread[mask], "top_k_votes": signals.top_k_votes[mask],
-            "bag_rank_agreement": signals.rank_agreement[bag_of]}))
-        arrays[f"{split_name}/scores"] = out.scores.astype(np.float32)
-        arrays[f"{split_name}/mask"] = mask
-        arrays[f"{split_name}/consensus"] = consensus
-    return OwnDataResult(pd.concat(instance_frames, ignore_index=True),
-                         pd.concat(bag_frames, ignore_index=True), metrics, result.members,
-                         dataset, method, arrays)
+        return split_bags(data, fractions, seed), data
+    if isinstance(data, SetDataset):
+        return data, None
+    raise SpecError("data", type(data).__name__, "OwnBags (load_bags / bags_from_arrays) "
+                                                 "or a SetDataset")
+
+
+def _bag_identity(dataset: SetDataset, own: OwnBags | None, split_name: str
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(B,) the user's bag ids of a split and (instances,) each instance's source row."""
+    split = dataset.splits[split_name]
+    if own is not None:
+        index = np.asarray(dataset.metadata["bag_index"][split_name], dtype=np.int64)
+        return own.bag_ids[index], own.rows[rows_of(own.offsets, index)]
+    bag_ids = np.array([f"{split_name}:{i}" for i in range(len(split))], dtype=object)
+    return bag_ids, np.arange(split.offsets[-1]) - np.repeat(split.offsets[:-1], split.sizes)
+
+
+def _bag_frame(split: Any, split_name: str, bag_ids: np.ndarray, class_names: np.ndarray,
+               ens_probs: np.ndarray, signals: Any) -> pd.DataFrame:
+    """One row per bag of a split (columns in docs/own_data.md)."""
+    predicted = ens_probs.argmax(axis=1)
+    return pd.DataFrame({
+        "bag_id": bag_ids, "split": split_name, "label": split.labels,
+        "label_name": class_names[split.labels], "predicted": predicted,
+        "predicted_name": class_names[predicted],
+        "p_label": ens_probs[np.arange(len(split)), split.labels],
+        "correct": predicted == split.labels, "n_instances": split.sizes,
+        "k": signals.k, "rank_agreement": signals.rank_agreement,
+        "top_k_overlap": signals.top_k_overlap})
+
+
+def _instance_frame(split: Any, split_name: str, bag_ids: np.ndarray, rows: np.ndarray,
+                    mask: np.ndarray, signals: Any) -> pd.DataFrame:
+    """One row per real instance of a split; mask: (B, N) bool."""
+    positions = np.broadcast_to(np.arange(mask.shape[1]), mask.shape)[mask]
+    bag_of = np.broadcast_to(np.arange(len(split))[:, None], mask.shape)[mask]
+    consensus = signals.consensus
+    return pd.DataFrame({
+        "bag_id": bag_ids[bag_of], "split": split_name, "instance": positions,
+        "row": rows, "label": split.labels[bag_of],
+        "consensus": consensus[mask], "consensus_rank": descending_rank(consensus, mask)[mask],
+        "rank_mean": signals.rank_mean[mask],
+        "rank_spread": signals.rank_spread[mask], "top_k_votes": signals.top_k_votes[mask],
+        "bag_rank_agreement": signals.rank_agreement[bag_of]})
 
 
 # --------------------------------------------------------------------------- is it worth it?

@@ -4,6 +4,7 @@ instance (`load_bags`) or a list of arrays (`bags_from_arrays`) into `OwnBags`, 
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from attnsets.data.bags import BagSplit
 from attnsets.data.generate import SetDataset
 from attnsets.data.spec import SPLITS, ComponentSpec, DatasetSpec
 from attnsets.errors import SpecError
+from attnsets.files import check_input_file
 from attnsets.tables import TABLE_FORMATS
 
 #: Train / val / test shares of the bags.
@@ -54,19 +56,42 @@ class OwnBags:
 
 
 def _read_table(source: str | Path | pd.DataFrame) -> pd.DataFrame:
+    """The table of `source` with string column names; SpecError("source") for a file that is
+    missing, empty, mislabelled or unreadable, SpecError("columns") for repeated column names
+    (a CSV reader would silently rename the second "x" to "x.1")."""
     if isinstance(source, pd.DataFrame):
-        return source
+        names = [str(c) for c in source.columns]
+        _check_distinct(names, "the DataFrame")
+        return source.set_axis(names, axis=1)
     if not isinstance(source, str | Path):
         raise SpecError("source", type(source).__name__,
                         "a .csv or .parquet path, or a pandas DataFrame")
-    path = Path(source).expanduser()
-    if path.suffix.lower() not in TABLE_FORMATS or not path.is_file():
-        raise SpecError("source", str(source),
-                        f"an existing file ending in one of {list(TABLE_FORMATS)}")
+    path = check_input_file(source, "source", TABLE_FORMATS)
+    csv_file = path.suffix.lower() == ".csv"
     try:
-        return pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
+        if csv_file:
+            with path.open(newline="", encoding="utf-8") as stream:
+                _check_distinct(next(csv.reader(stream), []), str(path))
+            frame = pd.read_csv(path)
+        else:
+            frame = pd.read_parquet(path)
+    except SpecError:
+        raise
     except Exception as err:  # noqa: BLE001 - every reader failure means the same to the user
         raise SpecError("source", str(path), f"a readable {path.suffix} file ({err})") from None
+    names = [str(c) for c in frame.columns]
+    _check_distinct(names, str(path))
+    if len(frame) == 0:
+        raise SpecError("source", str(path), "a table with at least one row (this one has only "
+                                             f"the header: {names})")
+    return frame.set_axis(names, axis=1)
+
+
+def _check_distinct(names: Sequence[str], where: str) -> None:
+    repeated = sorted({n for n in names if list(names).count(n) > 1})
+    if repeated:
+        raise SpecError("columns", repeated, f"distinct column names ({where} has "
+                                             f"{', '.join(map(repr, repeated))} more than once)")
 
 
 def load_bags(source: str | Path | pd.DataFrame, bag_column: str, label_column: str,
@@ -79,14 +104,35 @@ def load_bags(source: str | Path | pd.DataFrame, bag_column: str, label_column: 
     column (non-numeric ones are skipped and listed in `ignored_columns`).
     """
     frame = _read_table(source)
-    frame = frame.set_axis([str(c) for c in frame.columns], axis=1)
     present = list(frame.columns)
     for name, value in (("bag_column", bag_column), ("label_column", label_column)):
         if value not in present:
             raise SpecError(name, value, f"one of the columns {present}")
     if bag_column == label_column:
         raise SpecError("label_column", label_column, "a column other than bag_column")
-    ignored: list[str] = []
+    features, ignored = _feature_columns(frame, bag_column, label_column, feature_columns)
+    for name, column in (("bag_column", bag_column), ("label_column", label_column)):
+        n_missing = int(frame[column].isna().sum())
+        if n_missing:
+            raise SpecError(name, column, f"a column without missing values ({n_missing} "
+                                          "missing)")
+    values = frame[features].to_numpy(dtype=np.float64)
+    _check_finite(values, features)
+    bag_codes, bag_ids = pd.factorize(frame[bag_column], sort=False)
+    if len(bag_ids) == len(frame) and len(frame) > 1:
+        raise SpecError("bag_column", bag_column, "a column that groups rows into bags; every "
+                                                  f"row of {bag_column!r} is a bag of its own "
+                                                  "(is it a row id?)")
+    _check_one_label_per_bag(frame, bag_codes, bag_ids, label_column)
+    first_row = np.unique(bag_codes, return_index=True)[1]
+    return _own_bags(values, bag_codes, np.asarray(bag_ids),
+                     frame[label_column].to_numpy()[first_row], features, ignored)
+
+
+def _feature_columns(frame: pd.DataFrame, bag_column: str, label_column: str,
+                     feature_columns: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """The feature columns to use and the columns skipped (when chosen automatically)."""
+    present = list(frame.columns)
     if feature_columns is None:
         others = [c for c in present if c not in (bag_column, label_column)]
         # An entirely empty column (e.g. text that a CSV reader turned into NaN) says nothing.
@@ -97,31 +143,29 @@ def load_bags(source: str | Path | pd.DataFrame, bag_column: str, label_column: 
                             "numeric feature columns; the table has no numeric column besides "
                             f"the bag and label columns (skipped as non-numeric or empty: "
                             f"{ignored})")
-    else:
-        if isinstance(feature_columns, str) or not isinstance(feature_columns, Sequence) \
-                or len(feature_columns) == 0:
-            raise SpecError("feature_columns", feature_columns, "None or a non-empty list of "
-                                                                "column names")
-        features = [str(c) for c in feature_columns]
-        missing = [c for c in features if c not in present]
-        if missing:
-            raise SpecError("feature_columns", missing, f"columns of the table {present}")
-        clash = [c for c in features if c in (bag_column, label_column)]
-        if clash:
-            raise SpecError("feature_columns", clash, "feature columns other than the bag and "
-                                                      "label columns")
-        for c in features:
-            if not _numeric(frame[c]):
-                raise SpecError("feature_columns", c, f"numeric columns; {c!r} has dtype "
-                                                      f"{frame[c].dtype} (drop or encode it)")
-    for name, column in (("bag_column", bag_column), ("label_column", label_column)):
-        n_missing = int(frame[column].isna().sum())
-        if n_missing:
-            raise SpecError(name, column, f"a column without missing values ({n_missing} "
-                                          "missing)")
-    values = frame[features].to_numpy(dtype=np.float64)
-    _check_finite(values, features)
-    bag_codes, bag_ids = pd.factorize(frame[bag_column], sort=False)
+        return features, ignored
+    if isinstance(feature_columns, str) or not isinstance(feature_columns, Sequence) \
+            or len(feature_columns) == 0:
+        raise SpecError("feature_columns", feature_columns, "None or a non-empty list of "
+                                                            "column names")
+    features = [str(c) for c in feature_columns]
+    missing = [c for c in features if c not in present]
+    if missing:
+        raise SpecError("feature_columns", missing, f"columns of the table {present}")
+    _check_distinct(features, "feature_columns")
+    clash = [c for c in features if c in (bag_column, label_column)]
+    if clash:
+        raise SpecError("feature_columns", clash, "feature columns other than the bag and "
+                                                  "label columns")
+    for c in features:
+        if not _numeric(frame[c]):
+            raise SpecError("feature_columns", c, f"numeric columns; {c!r} has dtype "
+                                                  f"{frame[c].dtype} (drop or encode it)")
+    return features, []
+
+
+def _check_one_label_per_bag(frame: pd.DataFrame, bag_codes: np.ndarray, bag_ids: Any,
+                             label_column: str) -> None:
     labels_per_bag = frame.groupby(bag_codes, sort=True)[label_column].nunique()
     mixed = np.flatnonzero(labels_per_bag.to_numpy() > 1)
     if len(mixed):
@@ -132,9 +176,6 @@ def load_bags(source: str | Path | pd.DataFrame, bag_column: str, label_column: 
         raise SpecError("label_column", label_column,
                         f"one label per bag; {len(mixed)} bag(s) have several: "
                         + "; ".join(examples))
-    first_row = np.unique(bag_codes, return_index=True)[1]
-    return _own_bags(values, bag_codes, np.asarray(bag_ids),
-                     frame[label_column].to_numpy()[first_row], features, ignored)
 
 
 def _numeric(column: pd.Series) -> bool:
@@ -145,9 +186,13 @@ def _check_finite(values: np.ndarray, names: Sequence[str]) -> None:
     finite = np.isfinite(values)
     if not finite.all():
         column = int(np.flatnonzero(~finite.all(axis=0))[0])
+        bad = values[:, column]
+        n_nan, n_inf = int(np.isnan(bad).sum()), int(np.isinf(bad).sum())
+        first = int(np.flatnonzero(~finite[:, column])[0])
         raise SpecError("feature_columns", names[column],
                         f"finite feature values; column {names[column]!r} has "
-                        f"{int((~finite[:, column]).sum())} missing or infinite value(s)")
+                        f"{n_nan + n_inf} missing or infinite value(s) ({n_nan} NaN, "
+                        f"{n_inf} infinite; the first at row {first})")
 
 
 def _own_bags(values: np.ndarray, bag_codes: np.ndarray, bag_ids: np.ndarray,

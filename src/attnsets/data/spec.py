@@ -232,7 +232,12 @@ def load_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise SpecError("config", str(path), "an existing .toml, .yaml or .yml file")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise SpecError("config", str(path), f"a UTF-8 text file (this one is binary or in "
+                                             f"another encoding: {err.reason} at byte "
+                                             f"{err.start})") from None
     if path.suffix == ".toml":
         try:
             import tomllib  # type: ignore[import-not-found,unused-ignore]

@@ -19,6 +19,7 @@ noise). `attnsets explain-data cells.h5ad --bag-column patient --label-column re
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import pandas as pd
 
 from attnsets.data.own import OwnBags, load_bags
 from attnsets.errors import SpecError
+from attnsets.files import check_input_file
 
 try:
     import anndata
@@ -45,11 +47,13 @@ _FEATURE = "__attnsets_feature_{}"
 
 def read_h5ad(path: str | Path) -> anndata.AnnData:
     """anndata.read_h5ad, with a missing or unreadable file reported as SpecError("source")."""
-    path = Path(path).expanduser()
-    if path.suffix.lower() != ".h5ad" or not path.is_file():
-        raise SpecError("source", str(path), "an existing .h5ad file")
+    path = check_input_file(path, "source", (".h5ad",))
     try:
-        return anndata.read_h5ad(path)
+        with warnings.catch_warnings():
+            # Repeated obs / var names: load_anndata refuses repeated feature names itself,
+            # with the field and the fix, instead of a warning line before it.
+            warnings.filterwarnings("ignore", message=".* names are not unique")
+            return anndata.read_h5ad(path)
     except Exception as err:  # noqa: BLE001 - every reader failure means the same to the user
         raise SpecError("source", str(path), f"a readable .h5ad file ({err})") from None
 
@@ -93,6 +97,10 @@ def load_anndata(source: str | Path | anndata.AnnData, bag_column: str, label_co
             raise SpecError("X", None, "a data matrix X, or --obsm KEY")
         values, field = _dense(adata.X, "X"), "X"
         names = [str(v) for v in adata.var_names]
+        repeated = sorted(set(pd.Index(names)[pd.Index(names).duplicated()]))
+        if repeated:
+            raise SpecError("X", f"var_names {repeated[:5]} more than once",
+                            "distinct var_names (adata.var_names_make_unique() renames them)")
     else:
         keys = list(adata.obsm.keys())
         if obsm not in keys:

@@ -21,8 +21,8 @@ from torch import nn
 
 from attnsets.data.bags import collate
 from attnsets.data.generate import SetDataset
-from attnsets.errors import SpecError
-from attnsets.models.base import POOLINGS, InputInfo, SetModel, SetOutput
+from attnsets.errors import DataFormatError, SpecError
+from attnsets.models.base import POOLINGS, InputInfo, ModelSpec, SetModel, SetOutput
 
 #: A user builder: (InputInfo, member seed) -> a module following the SetModel contract.
 ModelBuilder = Callable[[InputInfo, int], nn.Module]
@@ -259,40 +259,34 @@ def _cwd_on_path() -> Iterator[None]:
             sys.path.remove(cwd)
 
 
-def load_builder(reference: str) -> ModelBuilder | str:
+#: Endings of checkpoint files (`attnsets.training.save_model` / `save_ensemble`).
+CHECKPOINT_ENDINGS = (".pt", ".pth", ".ckpt")
+
+
+def load_builder(reference: str) -> ModelBuilder | ModelSpec | str:
     """Resolve a model reference from the command line.
 
     "attention" (a registered pooling name) -> the name; "package.module:build" or
     "path/to/file.py:build" -> the object `build` (dotted attributes allowed, e.g.
-    "mod:Factory.build")."""
+    "mod:Factory.build"); "path/to/model.pt" (a checkpoint of `save_model` / `save_ensemble`)
+    -> the ModelSpec saved in it (the architecture; its weights are not used). A missing or
+    damaged file, a module that fails to import and a missing object raise SpecError
+    ``model`` (DataFormatError for a damaged checkpoint) naming the file."""
     if not isinstance(reference, str) or not reference:
         raise SpecError("model", reference, "a pooling name or module:object")
+    if reference.lower().endswith(CHECKPOINT_ENDINGS):
+        return _checkpoint_spec(reference)
     if ":" not in reference:
         if reference in POOLINGS:
             return reference
         raise SpecError("model", reference, f"a registered pooling "
-                                            f"({POOLINGS.unknown(reference).allowed}) or "
-                                            "module:object / path/to/file.py:object")
+                                            f"({POOLINGS.unknown(reference).allowed}), "
+                                            "module:object / path/to/file.py:object or a "
+                                            f"checkpoint file ({', '.join(CHECKPOINT_ENDINGS)})")
     module_part, _, attribute = reference.rpartition(":")
     if not module_part or not attribute:
         raise SpecError("model", reference, "module:object with both parts")
-    path = Path(module_part).expanduser()
-    if module_part.endswith(".py") or path.is_file():
-        if not path.is_file():
-            raise SpecError("model", reference, f"an existing Python file ({path} not found)")
-        name = f"attnsets_user_{path.stem}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        if spec is None or spec.loader is None:
-            raise SpecError("model", reference, "a loadable Python file")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses and pickling look modules up by name
-        spec.loader.exec_module(module)
-    else:
-        try:
-            with _cwd_on_path():
-                module = importlib.import_module(module_part)
-        except ModuleNotFoundError as err:
-            raise SpecError("model", reference, f"an importable module ({err})") from None
+    module = _import_reference(reference, module_part)
     target: Any = module
     for part in attribute.split("."):
         if not hasattr(target, part):
@@ -300,8 +294,63 @@ def load_builder(reference: str) -> ModelBuilder | str:
                                                 f"it has {_public_names(target)})")
         target = getattr(target, part)
     if not callable(target):
-        raise SpecError("model", reference, "a callable (info, seed) -> nn.Module")
+        raise SpecError("model", reference, "a callable (info, seed) -> nn.Module (this is "
+                                            f"an object of type {type(target).__name__})")
     return target  # type: ignore[no-any-return]
+
+
+def _import_reference(reference: str, module_part: str) -> Any:
+    """The module of a reference: a .py file executed under a private name, or an importable
+    module; any failure while importing user code is a SpecError naming it."""
+    path = Path(module_part).expanduser()
+    if not (module_part.endswith(".py") or path.is_file()):
+        try:
+            with _cwd_on_path():
+                return importlib.import_module(module_part)
+        except ModuleNotFoundError as err:
+            if err.name is not None and module_part.startswith(err.name):
+                raise SpecError("model", reference, f"an importable module ({err})") from None
+            raise SpecError("model", reference, f"a module whose imports are installed ({err})"
+                            ) from None
+        except Exception as err:  # noqa: BLE001 - any failure of the user's module on import
+            raise SpecError("model", reference, f"a module that imports without error "
+                                                f"({_where(err)})") from None
+    if not path.is_file():
+        raise SpecError("model", reference, f"an existing Python file ({path} not found)")
+    name = f"attnsets_user_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise SpecError("model", reference, "a loadable Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look modules up by name
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:  # noqa: BLE001 - syntax errors, failing imports, top-level raises
+        sys.modules.pop(name, None)
+        raise SpecError("model", reference, f"a Python file that runs without error "
+                                            f"({_where(err)})") from None
+    return module
+
+
+def _where(err: BaseException) -> str:
+    """"SyntaxError: invalid syntax (file.py, line 3)" and the like, for an import failure."""
+    if isinstance(err, SyntaxError):
+        return f"SyntaxError: {err.msg} ({Path(err.filename or '?').name}, line {err.lineno})"
+    return f"{type(err).__name__}: {err}"
+
+
+def _checkpoint_spec(reference: str) -> ModelSpec:
+    from attnsets.registry import build_dataclass
+    from attnsets.training.checkpoint import read_checkpoint_meta
+
+    path = Path(reference).expanduser()
+    if not path.is_file():
+        raise SpecError("model", reference, "an existing checkpoint file (not found)")
+    meta = read_checkpoint_meta(path)  # DataFormatError naming the file when damaged
+    raw = meta.get("model_spec")
+    if not isinstance(raw, dict):
+        raise DataFormatError(f"{path}: damaged checkpoint (model_spec missing)")
+    return build_dataclass(ModelSpec, raw, "model")  # type: ignore[no-any-return]
 
 
 def _public_names(obj: Any) -> list[str]:
