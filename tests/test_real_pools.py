@@ -191,7 +191,7 @@ def test_mira_receptors_feed_the_seq_cnn_encoder() -> None:
 
     from attnsets.data.bags import collate
     from attnsets.models import ModelSpec, build_model
-    from attnsets.run import dataset_info
+    from attnsets.config.preflight import dataset_info
 
     spec = DatasetSpec.from_dict({
         "pool": {"name": "tcr"}, "rule": {"name": "presence", "key": "YLQPRTFL"},

@@ -164,7 +164,7 @@ def check_run_fits(run: RunSpec, field: str, what: str, parallel: int = 1) -> No
     """Refuse a run (dataset spec x model x members) whose estimate exceeds the limit, before
     the data is generated; parallel: how many such runs share the memory at once (workers)."""
     from attnsets.models import ModelSpec
-    from attnsets.run import dataset_info
+    from attnsets.config.preflight import dataset_info
 
     if run.dataset is None:
         return
@@ -195,7 +195,7 @@ def check_study_fits(cells: Sequence[Any], workers: int = 1) -> None:
 
 def check_generation_fits(spec: DatasetSpec, field: str = "dataset") -> None:
     """Refuse generating a dataset whose instances alone exceed the limit."""
-    from attnsets.run import dataset_info
+    from attnsets.config.preflight import dataset_info
 
     info = dataset_info(spec)
     check_fits(generation_estimate(spec, info.instance_shape, info.kind), field,
