@@ -189,9 +189,9 @@ def test_generated_pools_carry_no_source_index(tmp_path: Path) -> None:
 def test_mira_receptors_feed_the_seq_cnn_encoder() -> None:
     import torch
 
+    from attnsets.config.preflight import dataset_info
     from attnsets.data.bags import collate
     from attnsets.models import ModelSpec, build_model
-    from attnsets.config.preflight import dataset_info
 
     spec = DatasetSpec.from_dict({
         "pool": {"name": "tcr"}, "rule": {"name": "presence", "key": "YLQPRTFL"},

@@ -208,5 +208,5 @@ def test_assess_spec_validates_itself() -> None:
 
 
 def test_seeded_explainers_are_declared_by_their_signature() -> None:
-    assert {n for n, e in EXPLAINERS.items() if e.takes_seed} == {"random", "shapley"}
+    assert {n for n, e in EXPLAINERS.items() if e.takes_seed} == {"milli", "random", "shapley"}
     assert copy.copy(EXPLAINERS.get("random")).takes_seed

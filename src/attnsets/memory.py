@@ -163,8 +163,8 @@ def generation_estimate(spec: DatasetSpec, instance_shape: Iterable[int], kind: 
 def check_run_fits(run: RunSpec, field: str, what: str, parallel: int = 1) -> None:
     """Refuse a run (dataset spec x model x members) whose estimate exceeds the limit, before
     the data is generated; parallel: how many such runs share the memory at once (workers)."""
-    from attnsets.models import ModelSpec
     from attnsets.config.preflight import dataset_info
+    from attnsets.models import ModelSpec
 
     if run.dataset is None:
         return
