@@ -126,7 +126,8 @@ def test_a_misspelt_pooling_in_a_study_is_refused_with_a_suggestion(tmp_path: Pa
     raw = {**TINY_STUDY, "models": [{"name": "a", "pooling": "atention", "embed_dim": 8}]}
     config = write_study_toml(raw, tmp_path / "study.toml")
     result = CliRunner().invoke(app, ["run", str(config), "--out", str(tmp_path / "out")])
-    assert result.exit_code == 2 and "did you mean 'attention'" in result.output
+    output = " ".join(result.output.split())  # rich wraps long lines
+    assert result.exit_code == 2 and "did you mean 'attention'" in output
     assert not (tmp_path / "out").exists()
 
 
