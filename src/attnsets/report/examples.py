@@ -351,7 +351,6 @@ def _sequence_text(ax_text: Axes, tokens: np.ndarray, bag: Any, shown: np.ndarra
 
 def _sequence_figure(choice: ExampleChoice, split: BagSplit, arrays: dict[str, np.ndarray],
                      pool: Any) -> tuple[Figure, str] | None:
-
     picked = _pick_bag(choice, split, arrays, MAX_SEQUENCES)
     if picked is None:
         return None
